@@ -1,0 +1,209 @@
+"""`est-appliance`: a thin command line over the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+
+from appliance import __version__
+from appliance.auth import hash_password
+from appliance.clock import utc_now
+from appliance.config import Config, load_config
+from appliance.errors import ApplianceError
+from appliance.ledger import SqliteLedger
+from appliance.pki_init import create_pki
+from appliance.server import build_appliance, serve
+from appliance.users_file import set_user_hash
+
+log = logging.getLogger("appliance")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ApplianceError as exc:
+        print(f"est-appliance: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="est-appliance",
+        description="EST (RFC 7030) certificate appliance for infusion-pump Wi-Fi certificates.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=Path("config.yaml"),
+            help="path to config.yaml (default: ./config.yaml)",
+        )
+        return p
+
+    p = command("init", "create the CA, the server certificate and the IQE RA certificate")
+    p.add_argument("--force", action="store_true", help="replace an existing CA (dangerous)")
+    p.set_defaults(func=_init)
+
+    p = command("serve", "serve EST over HTTPS until stopped")
+    p.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+    p.add_argument("--host", help="override server.host")
+    p.set_defaults(func=_serve)
+
+    p = command("check", "validate config.yaml and the PKI files without serving")
+    p.set_defaults(func=_check)
+
+    p = command("passwd", "set a bootstrap user's password (stored as an Argon2id hash)")
+    p.add_argument("user")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of prompting",
+    )
+    p.add_argument("--delete", action="store_true", help="remove the user")
+    p.set_defaults(func=_passwd)
+
+    p = command("list", "list issued certificates, newest first")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=_list)
+    return parser
+
+
+def _configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Our one line per request replaces CherryPy's access log.
+    logging.getLogger("cherrypy.access").propagate = False
+
+
+def _init(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    created = create_pki(config.pki, utc_now, force=args.force)
+    for path in created.files:
+        print(f"wrote {path}")
+    print(f"CA:     {created.ca.subject.rfc4514_string()}")
+    print(f"        SHA-256 {created.ca.fingerprint(hashes.SHA256()).hex(':').upper()}")
+    print(f"server: {created.server.subject.rfc4514_string()}")
+    print(
+        f"RA:     {created.ra.subject.rfc4514_string()} (valid until "
+        f"{created.ra.not_valid_after_utc:%Y-%m-%d})"
+    )
+    print("Hand ca-cert.pem, iqe-ra-cert.pem and iqe-ra-key.pem to the IQE gateway team.")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    server = config.server
+    if args.port is not None:
+        server = dataclasses.replace(server, port=args.port)
+    if args.host is not None:
+        server = dataclasses.replace(server, host=args.host)
+    config = dataclasses.replace(config, server=server)
+    _configure_logging(config)
+    serve(config)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    appliance = build_appliance(config)
+    appliance.ledger.close()
+    print(f"{config.source}: configuration and PKI are valid")
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    load_config(args.config)  # refuse to edit a file that does not validate
+    if args.delete:
+        set_user_hash(args.config, args.user, None)
+        print(f"removed user {args.user} from {args.config}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"New password for {args.user}: ")
+        if getpass.getpass("Repeat it: ") != password:
+            print("est-appliance: the passwords differ; nothing changed", file=sys.stderr)
+            return 2
+    if len(password) < 12:
+        print("est-appliance: use at least 12 characters; nothing changed", file=sys.stderr)
+        return 2
+    set_user_hash(args.config, args.user, hash_password(password))
+    print(f"stored an Argon2id hash for {args.user} in {args.config}; restart the appliance")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ledger = SqliteLedger(config.ledger.path)
+    try:
+        records = ledger.certificates(limit=args.limit)
+    finally:
+        ledger.close()
+    if args.json:
+        for r in records:
+            print(
+                json.dumps(
+                    {
+                        "serial": r.serial,
+                        "subject": r.subject,
+                        "sans": list(r.sans),
+                        "not_before": r.not_before.isoformat(),
+                        "not_after": r.not_after.isoformat(),
+                        "requester": r.requester,
+                        "auth_method": r.auth_method,
+                        "endpoint": r.endpoint,
+                        "issued_at": r.issued_at.isoformat(),
+                        "status": r.status,
+                    }
+                )
+            )
+        return 0
+    rows = [
+        ("SERIAL", "SUBJECT", "SANS", "NOT AFTER", "STATUS", "REQUESTER", "ENDPOINT", "ISSUED AT")
+    ]
+    rows += [
+        (
+            r.serial,
+            r.subject,
+            ",".join(r.sans) or "-",
+            f"{r.not_after:%Y-%m-%d}",
+            r.status,
+            r.requester,
+            r.endpoint,
+            f"{r.issued_at:%Y-%m-%d %H:%M:%S}",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    if not records:
+        print("(no certificates issued yet)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""config.yaml as a typed, validated, frozen object.
+
+Every section is a frozen dataclass; `load_config` checks each key's type and range and raises
+`ConfigError` naming the key (`server.port: must be between 1 and 65535, got 70000`), so a typo
+never turns into a silent default. Relative paths are resolved against the folder of
+config.yaml, so the same file works from any working directory and under systemd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from appliance.errors import ConfigError
+
+ResponseFormat = Literal["der", "base64", "pem"]
+RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("der", "base64", "pem")
+
+
+class KeyAlgorithm(enum.Enum):
+    """Key types the appliance generates for its own CA, server and RA certificates."""
+
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8445
+    # Short on purpose: cheroot finishes TLS handshakes in its acceptor thread, so a stalled
+    # client delays every new connection until this timeout.
+    socket_timeout: int = 10
+    thread_pool: int = 16
+    max_body_bytes: int = 65536
+    max_header_bytes: int = 16384
+
+    def __post_init__(self) -> None:
+        _check_range("server.port", self.port, 0, 65535)
+        _check_range("server.socket_timeout", self.socket_timeout, 1, 600)
+        _check_range("server.thread_pool", self.thread_pool, 1, 1024)
+        _check_range("server.max_body_bytes", self.max_body_bytes, 1024, 16 * 1024 * 1024)
+        _check_range("server.max_header_bytes", self.max_header_bytes, 1024, 1024 * 1024)
+        if not self.host:
+            raise ConfigError("server.host: must not be empty")
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    dir: Path = Path("certs")
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048
+    organization: str = "Hospital Clinical Network"
+    ca_common_name: str = "EST Appliance Device CA"
+    ca_validity_days: int = 3650
+    server_common_name: str = "localhost"
+    server_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
+    server_validity_days: int = 825
+    ra_common_name: str = "IQE Gateway RA"
+    ra_validity_days: int = 730
+
+    def __post_init__(self) -> None:
+        _check_range("pki.ca_validity_days", self.ca_validity_days, 1, 36500)
+        _check_range("pki.server_validity_days", self.server_validity_days, 1, 36500)
+        _check_range("pki.ra_validity_days", self.ra_validity_days, 1, 36500)
+        for key in ("organization", "ca_common_name", "server_common_name", "ra_common_name"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"pki.{key}: must not be empty")
+        if not self.server_sans:
+            raise ConfigError("pki.server_sans: list at least one DNS name or IP address")
+        for name in self.server_sans:
+            if not name or any(c.isspace() for c in name):
+                raise ConfigError(f"pki.server_sans: {name!r} is not a DNS name or IP address")
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "ca-cert.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca-key.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.dir / "server-cert.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server-key.pem"
+
+    @property
+    def ra_cert(self) -> Path:
+        return self.dir / "iqe-ra-cert.pem"
+
+    @property
+    def ra_key(self) -> Path:
+        return self.dir / "iqe-ra-key.pem"
+
+    def server_san_values(self) -> list[str | ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        values: list[str | ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        for name in self.server_sans:
+            try:
+                values.append(ipaddress.ip_address(name))
+            except ValueError:
+                values.append(name)
+        return values
+
+
+@dataclass(frozen=True)
+class EnrollmentConfig:
+    """The pump (EAP-TLS client) certificate profile."""
+
+    validity_days: int = 365
+    min_rsa_bits: int = 2048
+    max_rsa_bits: int = 8192
+    allowed_curves: tuple[str, ...] = ("secp256r1", "secp384r1")
+    # Pumps' clocks drift; backdating notBefore avoids "certificate not yet valid" right after
+    # enrollment on a device a few minutes behind.
+    backdate_seconds: int = 300
+
+    def __post_init__(self) -> None:
+        _check_range("enrollment.validity_days", self.validity_days, 1, 3650)
+        _check_range("enrollment.min_rsa_bits", self.min_rsa_bits, 2048, 16384)
+        _check_range("enrollment.max_rsa_bits", self.max_rsa_bits, self.min_rsa_bits, 16384)
+        _check_range("enrollment.backdate_seconds", self.backdate_seconds, 0, 86400)
+        known = {"secp256r1", "secp384r1", "secp521r1"}
+        for curve in self.allowed_curves:
+            if curve not in known:
+                raise ConfigError(
+                    f"enrollment.allowed_curves: {curve!r} is not one of {sorted(known)}"
+                )
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    # The IQE gateway reads raw DER; RFC 7030 §4.1.3 says base64. See README "Response format".
+    response_format: ResponseFormat = "der"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    realm: str = "EST appliance"
+    # SHA-256 fingerprints (hex, colons optional) of client certificates accepted as RA even
+    # without the id-kp-cmcRA EKU, e.g. an RA certificate issued by another tool of ours.
+    ra_fingerprints: tuple[str, ...] = ()
+    # RFC 7030 allows HTTP Basic on simpleenroll; off by default so that only the RA
+    # certificate can enroll there.
+    simpleenroll_allow_basic: bool = False
+    # user name -> Argon2id hash (PHC string), written by `est-appliance passwd USER`.
+    users: Mapping[str, str] = field(default_factory=dict)
+    # How long a verified password stays verified for a keep-alive gateway, in seconds.
+    credential_cache_seconds: int = 300
+
+    def __post_init__(self) -> None:
+        if not self.realm or '"' in self.realm or "\\" in self.realm:
+            raise ConfigError("auth.realm: must be non-empty and contain no quotes or backslashes")
+        _check_range("auth.credential_cache_seconds", self.credential_cache_seconds, 0, 86400)
+        normalized = []
+        for fp in self.ra_fingerprints:
+            hexfp = fp.replace(":", "").lower()
+            if len(hexfp) != 64 or any(c not in "0123456789abcdef" for c in hexfp):
+                raise ConfigError(
+                    f"auth.ra_fingerprints: {fp!r} is not a SHA-256 fingerprint (64 hex digits)"
+                )
+            normalized.append(hexfp)
+        object.__setattr__(self, "ra_fingerprints", tuple(normalized))
+        for user, hashed in self.users.items():
+            if not user or ":" in user:
+                raise ConfigError(f"auth.users: user name {user!r} must be non-empty, without ':'")
+            if not hashed.startswith("$argon2"):
+                raise ConfigError(
+                    f"auth.users.{user}: not an Argon2 hash; set it with "
+                    f"`est-appliance passwd {user}` (plain passwords are never stored)"
+                )
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: Path = Path("var/ledger.db")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pki: PkiConfig = field(default_factory=PkiConfig)
+    enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate config.yaml; relative paths resolve against its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = parse_config(raw if raw is not None else {}, base_dir=path.resolve().parent)
+    return dataclasses.replace(config, source=path.resolve())
+
+
+def parse_config(raw: object, *, base_dir: Path) -> Config:
+    """Build a Config from already-parsed YAML; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping of sections")
+    config: Config = _build(Config, raw, "", base_dir)
+    return config
+
+
+def _build(cls: type[Any], raw: object, prefix: str, base_dir: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    values = {
+        key: _convert(hints[key], value, f"{prefix}{key}", base_dir) for key, value in raw.items()
+    }
+    # Omitted sections and paths still need building and resolving against config.yaml's folder.
+    for f in dataclasses.fields(cls):
+        if f.name in values or f.name == "source":
+            continue
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _build(hints[f.name], {}, f"{prefix}{f.name}.", base_dir)
+        elif hints[f.name] is Path and isinstance(f.default, Path):
+            values[f.name] = _convert(Path, str(f.default), f"{prefix}{f.name}", base_dir)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: object, key: str, base_dir: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, f"{key}.", base_dir)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be a whole number, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return str(value)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            names = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{key}: must be one of {names}, got {value!r}") from None
+    if origin is Literal:
+        literals = typing.get_args(hint)
+        if value not in literals:
+            raise ConfigError(
+                f"{key}: must be one of {', '.join(map(str, literals))}, got {value!r}"
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        return tuple(
+            _convert(item_hint, item, f"{key}[{i}]", base_dir) for i, item in enumerate(value)
+        )
+    if origin in (Mapping, dict):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        _key_hint, value_hint = typing.get_args(hint)
+        return types.MappingProxyType(
+            {str(k): _convert(value_hint, v, f"{key}.{k}", base_dir) for k, v in value.items()}
+        )
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _check_range(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be between {low} and {high}, got {value}")

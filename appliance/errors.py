@@ -1,0 +1,101 @@
+"""The one table of errors the appliance can answer with.
+
+Every module raises these; only `web` turns them into HTTP responses. The message is what the
+EST client shows its operator, so it is a plain sentence without internals; detail for the
+integrator goes to the log.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class for everything the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError):
+    """config.yaml is invalid; the message names the key."""
+
+
+class PkiError(ApplianceError):
+    """CA, server or RA material is missing, unsafe or inconsistent; the message names the file."""
+
+
+class EstError(ApplianceError):
+    """An error with an HTTP status, raised while serving a request."""
+
+    status: int = 500
+    reason: str = "internal"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error requires."""
+        if self.retry_after is not None:
+            return {"Retry-After": str(self.retry_after)}
+        return {}
+
+
+class BadRequest(EstError):
+    status = 400
+    reason = "bad_request"
+
+
+class Unauthorized(EstError):
+    """RFC 7030 §3.2.3: a 401 carries the challenge the client must answer."""
+
+    status = 401
+    reason = "unauthenticated"
+
+    def __init__(self, message: str, *, realm: str | None = None) -> None:
+        super().__init__(message)
+        self.realm = realm
+
+    def headers(self) -> dict[str, str]:
+        if self.realm is None:
+            return {}
+        return {"WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'}
+
+
+class Forbidden(EstError):
+    status = 403
+    reason = "forbidden"
+
+
+class NotFound(EstError):
+    status = 404
+    reason = "not_found"
+
+
+class MethodNotAllowed(EstError):
+    status = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
+class Conflict(EstError):
+    status = 409
+    reason = "conflict"
+
+
+class PayloadTooLarge(EstError):
+    status = 413
+    reason = "too_large"
+
+
+class UnsupportedMediaType(EstError):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class ServiceUnavailable(EstError):
+    status = 503
+    reason = "unavailable"

@@ -1,0 +1,119 @@
+"""Composition root: build every object from the config, configure TLS, mount, serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cherrypy
+
+from appliance.auth import PasswordAuth, RaCertificateAuth
+from appliance.clock import Clock, utc_now
+from appliance.config import Config
+from appliance.errors import PkiError
+from appliance.issuer import CaMaterial, Issuer, public_keys_match
+from appliance.ledger import SqliteLedger
+from appliance.pem_files import check_private_key_mode, load_certificate, load_private_key
+from appliance.policy import default_csr_policy
+from appliance.service import EnrollmentService
+from appliance.tls import server_context
+from appliance.web import EST_PREFIX, EstApplication, Root, error_page
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Appliance:
+    config: Config
+    service: EnrollmentService
+    web: EstApplication
+    ledger: SqliteLedger
+
+
+def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
+    """Load and check all material; raises PkiError naming the file on any problem."""
+    ca = CaMaterial.load(config.pki, clock())
+    check_server_material(config)
+    ledger = SqliteLedger(config.ledger.path)
+    service = EnrollmentService(
+        Issuer(ca, config.enrollment, clock),
+        default_csr_policy(config.enrollment),
+        ledger,
+        clock,
+    )
+    web = EstApplication(
+        service,
+        RaCertificateAuth(config.auth.ra_fingerprints),
+        PasswordAuth(config.auth.users, config.auth.realm, config.auth.credential_cache_seconds),
+        response_format=config.gateway.response_format,
+        max_body_bytes=config.server.max_body_bytes,
+        allow_basic_on_simpleenroll=config.auth.simpleenroll_allow_basic,
+    )
+    return Appliance(config=config, service=service, web=web, ledger=ledger)
+
+
+def check_server_material(config: Config) -> None:
+    pki = config.pki
+    check_private_key_mode(pki.server_key)
+    cert = load_certificate(pki.server_cert)
+    if not public_keys_match(cert.public_key(), load_private_key(pki.server_key)):
+        raise PkiError(f"{pki.server_key}: private key does not match {pki.server_cert}")
+
+
+def configure_cherrypy(appliance: Appliance) -> None:
+    config = appliance.config
+    cherrypy.config.update(
+        {
+            "environment": "production",
+            "engine.autoreload.on": False,
+            "checker.on": False,
+            "log.screen": False,
+            "server.socket_host": config.server.host,
+            "server.socket_port": config.server.port,
+            "server.socket_timeout": config.server.socket_timeout,
+            "server.thread_pool": config.server.thread_pool,
+            # Backstop only: the handlers enforce the exact body limit with their own message.
+            "server.max_request_body_size": config.server.max_body_bytes * 4,
+            "server.max_request_header_size": config.server.max_header_bytes,
+            "server.ssl_module": "builtin",
+            "server.ssl_certificate": str(config.pki.server_cert),
+            "server.ssl_private_key": str(config.pki.server_key),
+            "server.ssl_context": server_context(config.pki),
+        }
+    )
+    app_config = {
+        "/": {
+            # CherryPy would otherwise parse form bodies (turning base64 '+' into spaces) and
+            # choke on multipart; EST handlers read the raw bytes.
+            "request.body.processors": {},
+            "request.show_tracebacks": False,
+            "request.show_mismatched_params": False,
+            "error_page.default": error_page,
+            "tools.encode.on": False,
+            "tools.trailing_slash.on": False,
+        }
+    }
+    cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config)
+    cherrypy.tree.mount(Root(), "", app_config)
+
+
+def serve(config: Config) -> None:
+    appliance = build_appliance(config)
+    configure_cherrypy(appliance)
+    engine = cherrypy.engine
+    if hasattr(engine, "signal_handler"):
+        engine.signal_handler.subscribe()
+    engine.start()
+    host, port = cherrypy.server.bound_addr[:2]
+    log.info(
+        "event=listening url=https://%s:%s%s/ format=%s ledger=%s",
+        host if ":" not in host else f"[{host}]",
+        port,
+        EST_PREFIX,
+        config.gateway.response_format,
+        config.ledger.path,
+    )
+    try:
+        engine.block()
+    finally:
+        appliance.ledger.close()

@@ -1,0 +1,281 @@
+"""CherryPy handlers for /.well-known/est/: each a few lines, and the one error mapping.
+
+The handlers only move bytes: they read the request (body, client certificate, Authorization
+header), call auth/codec/service, and write the answer. `_respond_error` is the only place
+that turns an error into an HTTP status; anything unexpected becomes a 500 whose detail stays
+in the log, tagged with the request id the client also sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cherrypy
+
+from appliance.auth import PasswordAuth, RaCertificateAuth
+from appliance.codec import (
+    PKCS7_MIME,
+    EncodedBody,
+    certs_only_der,
+    decode_csr,
+    encode_certs_only,
+    encode_pkcs7,
+)
+from appliance.config import ResponseFormat
+from appliance.errors import (
+    EstError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from appliance.identity import Identity
+from appliance.service import EnrollmentService
+
+log = logging.getLogger(__name__)
+
+EST_PREFIX = "/.well-known/est"
+CSR_MEDIA_TYPE = "application/pkcs10"
+
+
+@dataclass
+class RequestLog:
+    """What the one log line of a request says; filled in as the request moves along."""
+
+    request_id: str
+    endpoint: str
+    identity: str = "-"
+    serial: str = "-"
+    reason: str = "-"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    methods: tuple[str, ...]
+    handler: Callable[[RequestLog], EncodedBody]
+
+
+class EstApplication:
+    """The RFC 7030 operations of the default CA."""
+
+    def __init__(
+        self,
+        service: EnrollmentService,
+        ra_auth: RaCertificateAuth,
+        password_auth: PasswordAuth,
+        *,
+        response_format: ResponseFormat,
+        max_body_bytes: int,
+        allow_basic_on_simpleenroll: bool,
+    ) -> None:
+        self._service = service
+        self._ra_auth = ra_auth
+        self._password_auth = password_auth
+        self._format = response_format
+        self._max_body = max_body_bytes
+        self._allow_basic = allow_basic_on_simpleenroll
+        self._operations: dict[str, Operation] = {
+            "cacerts": Operation(("GET", "HEAD"), self._cacerts),
+            "simpleenroll": Operation(("POST",), self._simpleenroll),
+            "bootstrap": Operation(("POST",), self._bootstrap),
+        }
+        # The CA chain never changes while serving: encode it once.
+        # RFC 7030 §4.1.3 names plain application/pkcs7-mime for cacerts.
+        self._cacerts_body = encode_pkcs7(
+            certs_only_der(list(service.ca_chain)), response_format, PKCS7_MIME
+        )
+
+    @cherrypy.expose  # type: ignore[untyped-decorator]
+    def default(self, *segments: str, **_params: str) -> bytes:
+        request = cherrypy.request
+        entry = RequestLog(request_id=secrets.token_hex(6), endpoint="/".join(segments) or "-")
+        started = time.perf_counter()
+        cherrypy.response.headers["X-Request-Id"] = entry.request_id
+        try:
+            operation = self._resolve(segments)
+            if request.method not in operation.methods:
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {entry.endpoint}",
+                    allow=operation.methods,
+                )
+            body = operation.handler(entry)
+            return _respond(body)
+        except EstError as error:
+            entry.reason = error.message
+            return _respond_error(error)
+        except Exception:
+            log.exception("event=internal_error request_id=%s", entry.request_id)
+            entry.reason = "internal error"
+            return _respond_internal_error(entry.request_id)
+        finally:
+            _log_request(entry, started)
+
+    def _resolve(self, segments: tuple[str, ...]) -> Operation:
+        if len(segments) != 1:
+            raise NotFound(
+                f"no EST operation at {EST_PREFIX}/{'/'.join(segments)}; "
+                f"known operations: {', '.join(self._operations)}"
+            )
+        operation = self._operations.get(segments[0])
+        if operation is None:
+            raise NotFound(
+                f"unknown EST operation '{segments[0]}'; "
+                f"known operations: {', '.join(self._operations)}"
+            )
+        return operation
+
+    # RFC 7030 §4.1: the CA certificates, no authentication.
+    def _cacerts(self, entry: RequestLog) -> EncodedBody:
+        return self._cacerts_body
+
+    # RFC 7030 §4.2.1: enrollment by an RA authenticated with its TLS client certificate.
+    def _simpleenroll(self, entry: RequestLog) -> EncodedBody:
+        identity = self._authenticate_ra(entry)
+        return self._enroll(entry, identity)
+
+    # Enrollment with HTTP Basic (RFC 7030 §3.2.3), as the IQE gateway's password approach does.
+    def _bootstrap(self, entry: RequestLog) -> EncodedBody:
+        identity = self._password_auth.authenticate(_header("Authorization"))
+        entry.identity = str(identity)
+        return self._enroll(entry, identity)
+
+    def _authenticate_ra(self, entry: RequestLog) -> Identity:
+        pem = _client_certificate_pem()
+        if pem is None and self._allow_basic and _header("Authorization"):
+            identity = self._password_auth.authenticate(_header("Authorization"))
+        else:
+            try:
+                identity = self._ra_auth.authenticate(pem)
+            except Unauthorized as error:
+                if self._allow_basic:
+                    raise Unauthorized(
+                        f"{error.message}, or HTTP Basic credentials",
+                        realm=self._password_auth.realm,
+                    ) from None
+                raise
+        entry.identity = str(identity)
+        return identity
+
+    def _enroll(self, entry: RequestLog, identity: Identity) -> EncodedBody:
+        csr = decode_csr(self._read_csr_body())
+        cert = self._service.enroll(csr, identity, entry.endpoint)
+        entry.serial = format(cert.serial_number, "x")
+        return encode_certs_only([cert], self._format)
+
+    def _read_csr_body(self) -> bytes:
+        content_type = _header("Content-Type") or ""
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type != CSR_MEDIA_TYPE:
+            raise UnsupportedMediaType(
+                f"Content-Type must be {CSR_MEDIA_TYPE}, got "
+                f"'{media_type or 'nothing'}'; send the CSR with "
+                f"'Content-Type: {CSR_MEDIA_TYPE}'"
+            )
+        return read_body(self._max_body)
+
+
+def read_body(limit: int) -> bytes:
+    """The raw request body, at most `limit` bytes, or 413."""
+    request = cherrypy.request
+    length = request.headers.get("Content-Length")
+    too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+    if length is not None and length.isdigit() and int(length) > limit:
+        cherrypy.response.headers["Connection"] = "close"
+        raise too_large
+    try:
+        data: bytes = request.body.read(limit + 1)
+    except OSError:
+        # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
+        cherrypy.response.headers["Connection"] = "close"
+        raise too_large from None
+    if len(data) > limit:
+        cherrypy.response.headers["Connection"] = "close"
+        raise too_large
+    return data
+
+
+def _header(name: str) -> str | None:
+    value = cherrypy.request.headers.get(name)
+    return str(value) if value is not None else None
+
+
+def _client_certificate_pem() -> str | None:
+    environ = cherrypy.request.wsgi_environ
+    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+        return None
+    pem = environ.get("SSL_CLIENT_CERT")
+    return str(pem) if pem else None
+
+
+def _respond(body: EncodedBody) -> bytes:
+    cherrypy.response.status = 200
+    cherrypy.response.headers.update(body.headers())
+    return body.content
+
+
+def _respond_error(error: EstError) -> bytes:
+    response = cherrypy.response
+    response.status = error.status
+    response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    response.headers.update(error.headers())
+    return (error.message + "\n").encode("utf-8")
+
+
+def _respond_internal_error(request_id: str) -> bytes:
+    response = cherrypy.response
+    response.status = 500
+    response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    return (
+        f"internal error in the EST appliance; the operator can find request id {request_id} "
+        "in its log\n"
+    ).encode()
+
+
+def _log_request(entry: RequestLog, started: float) -> None:
+    request = cherrypy.request
+    log.info(
+        "event=request id=%s peer=%s method=%s endpoint=%s identity=%s status=%s serial=%s "
+        "ms=%.1f reason=%s",
+        entry.request_id,
+        request.remote.ip,
+        request.method,
+        entry.endpoint,
+        entry.identity,
+        str(cherrypy.response.status).split(" ", 1)[0],
+        entry.serial,
+        (time.perf_counter() - started) * 1000,
+        _quote(entry.reason),
+    )
+
+
+def _quote(text: str) -> str:
+    if text == "-":
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def error_page(status: str, message: str, traceback: str, version: str) -> str:
+    """CherryPy's own errors (unknown path, oversize header...) as one plain sentence."""
+    cherrypy.response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    code = status.split(" ", 1)[0]
+    if code == "404":
+        return f"nothing at {cherrypy.request.path_info}; EST operations live under {EST_PREFIX}/\n"
+    if code.startswith("5"):
+        return "internal error in the EST appliance; see its log\n"
+    return f"{message}\n"
+
+
+class Root:
+    """Everything outside /.well-known/est answers 404 with a pointer to the right place."""
+
+    @cherrypy.expose  # type: ignore[untyped-decorator]
+    def default(self, *_segments: str, **_params: str) -> bytes:
+        cherrypy.response.status = 404
+        cherrypy.response.headers["Content-Type"] = "text/plain; charset=utf-8"
+        return f"nothing here; EST operations live under {EST_PREFIX}/\n".encode()

@@ -1,0 +1,1 @@
+"""Models of the IQE gateway and the infusion pumps it enrolls."""
