@@ -39,17 +39,25 @@ class KeyAlgorithm(enum.Enum):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8445
-    # Short on purpose: cheroot finishes TLS handshakes in its acceptor thread, so a stalled
-    # client delays every new connection until this timeout.
+    # Per read: a peer silent this long is dropped.
     socket_timeout: int = 10
-    thread_pool: int = 16
+    # Whole request (TLS handshake, headers, body): a slowloris client that trickles bytes
+    # holds a worker thread at most this long.
+    request_timeout: int = 20
+    # Worker threads: requests in progress at once. Idle keep-alive connections hold none.
+    thread_pool: int = 64
+    # Connections one peer address may hold open; kept below thread_pool so that a single
+    # misbehaving host cannot take every worker.
+    max_connections_per_ip: int = 48
     max_body_bytes: int = 65536
     max_header_bytes: int = 16384
 
     def __post_init__(self) -> None:
         _check_range("server.port", self.port, 0, 65535)
         _check_range("server.socket_timeout", self.socket_timeout, 1, 600)
+        _check_range("server.request_timeout", self.request_timeout, 1, 3600)
         _check_range("server.thread_pool", self.thread_pool, 1, 1024)
+        _check_range("server.max_connections_per_ip", self.max_connections_per_ip, 1, 100_000)
         _check_range("server.max_body_bytes", self.max_body_bytes, 1024, 16 * 1024 * 1024)
         _check_range("server.max_header_bytes", self.max_header_bytes, 1024, 1024 * 1024)
         if not self.host:

@@ -17,6 +17,7 @@ from appliance.pem_files import check_private_key_mode, load_certificate, load_p
 from appliance.policy import default_csr_policy
 from appliance.service import EnrollmentService
 from appliance.tls import server_context
+from appliance.tls_adapter import register_adapter
 from appliance.web import EST_PREFIX, EstApplication, Root, error_page
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ def configure_cherrypy(appliance: Appliance) -> None:
             # Backstop only: the handlers enforce the exact body limit with their own message.
             "server.max_request_body_size": config.server.max_body_bytes * 4,
             "server.max_request_header_size": config.server.max_header_bytes,
-            "server.ssl_module": "builtin",
+            # cheroot's built-in TLS, with the handshake moved off the acceptor thread and
+            # per-request deadlines (see tls_adapter).
+            "server.ssl_module": register_adapter(
+                config.server.request_timeout, config.server.max_connections_per_ip
+            ),
             "server.ssl_certificate": str(config.pki.server_cert),
             "server.ssl_private_key": str(config.pki.server_key),
             "server.ssl_context": server_context(config.pki),

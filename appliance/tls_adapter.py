@@ -1,0 +1,206 @@
+"""cheroot's TLS adapter, changed so that no single client can stall the server.
+
+cheroot's built-in adapter performs the TLS handshake in its acceptor thread: one client that
+connects and sends nothing delays every other connection until the socket timeout (measured:
+three idle TCP connections held an honest client for 30 s). This adapter
+
+- defers the handshake to the worker thread that serves the connection (cheroot only hands a
+  connection to a worker once bytes have arrived, so a silent client costs no thread);
+- bounds the whole reading of one request (handshake, headers, body) by a deadline, so a
+  client that trickles bytes holds a worker for at most `request_timeout` seconds;
+- caps the connections one peer address may hold open.
+
+It also exposes the TLS channel binding `tls-unique` (RFC 5929) of TLS 1.2 connections as
+`SSL_TLS_UNIQUE` (base64) for proof-of-possession linking (RFC 7030 §3.5).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from cheroot import errors
+from cheroot import server as cheroot_server
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLimiter:
+    """Counts open connections per peer address."""
+
+    def __init__(self, per_ip: int) -> None:
+        self._per_ip = per_ip
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def acquire(self, ip: str) -> bool:
+        with self._lock:
+            if self._open[ip] >= self._per_ip:
+                return False
+            self._open[ip] += 1
+            return True
+
+    def release(self, ip: str) -> None:
+        with self._lock:
+            self._open[ip] -= 1
+            if self._open[ip] <= 0:
+                del self._open[ip]
+
+    def open_connections(self, ip: str) -> int:
+        with self._lock:
+            return self._open[ip]
+
+
+class GuardedSSLSocket(ssl.SSLSocket):
+    """An SSLSocket whose reads for one request share a deadline.
+
+    The clock starts at the first read of a request and stops when the server sends its
+    answer; each read waits at most the socket timeout and never past the deadline.
+    """
+
+    request_timeout: float = 20.0
+    limiter: ConnectionLimiter | None = None
+    _peer_ip: str | None = None
+    _request_started: float | None = None
+    _read_timeout: float | None = None
+
+    def _remaining(self) -> float:
+        now = time.monotonic()
+        if self._request_started is None:
+            self._request_started = now
+            self._read_timeout = self.gettimeout()
+        remaining = self._request_started + self.request_timeout - now
+        if remaining <= 0:
+            raise TimeoutError("request not completed within server.request_timeout")
+        return remaining
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        remaining = self._remaining()
+        base = self._read_timeout
+        self.settimeout(remaining if base is None else min(base, remaining))
+        return super().recv_into(buffer, nbytes or 0, flags)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        remaining = self._remaining()
+        base = self._read_timeout
+        self.settimeout(remaining if base is None else min(base, remaining))
+        return super().recv(buflen, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._request_finished()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._request_finished()
+        super().sendall(data, flags)
+
+    def _request_finished(self) -> None:
+        if self._request_started is not None:
+            self._request_started = None
+            if self._read_timeout is not None:
+                self.settimeout(self._read_timeout)
+
+    def close(self) -> None:
+        ip, self._peer_ip = self._peer_ip, None
+        if ip is not None and self.limiter is not None:
+            self.limiter.release(ip)
+        super().close()
+
+
+class LazySslEnviron(Mapping[str, Any]):
+    """The SSL_* WSGI variables, computed in the worker thread after the handshake."""
+
+    def __init__(self, adapter: GuardedSSLAdapter, sock: GuardedSSLSocket) -> None:
+        self._adapter = adapter
+        self._sock = sock
+        self._environ: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._environ is None:
+            environ = dict(
+                BuiltinSSLAdapter.get_environ(self._adapter, self._sock)  # type: ignore[no-untyped-call]
+            )
+            binding = self._sock.get_channel_binding("tls-unique")
+            if binding is not None and self._sock.version() == "TLSv1.2":
+                environ["SSL_TLS_UNIQUE"] = base64.b64encode(binding).decode("ascii")
+            self._environ = environ
+        return self._environ
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+class GuardedSSLAdapter(BuiltinSSLAdapter):
+    """Set `context`, `request_timeout` and `limiter` before the server starts."""
+
+    request_timeout: float = 20.0
+    limiter: ConnectionLimiter = ConnectionLimiter(48)
+
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, Mapping[str, Any]]:
+        try:
+            peer_ip = str(sock.getpeername()[0])
+        except OSError as exc:
+            raise errors.FatalSSLAlert(*exc.args) from exc
+        if not self.limiter.acquire(peer_ip):
+            log.warning(
+                "event=connection_refused peer=%s reason=%s",
+                peer_ip,
+                "too many open connections from this address",
+            )
+            raise errors.FatalSSLAlert("too many connections from " + peer_ip)
+        try:
+            context = self.context
+            context.sslsocket_class = _socket_class(self.request_timeout, self.limiter)
+            wrapped = context.wrap_socket(sock, do_handshake_on_connect=False, server_side=True)
+        except BaseException:
+            self.limiter.release(peer_ip)
+            raise
+        wrapped._peer_ip = peer_ip
+        return wrapped, LazySslEnviron(self, wrapped)
+
+
+_SOCKET_CLASSES: dict[tuple[float, int], type[GuardedSSLSocket]] = {}
+
+
+def _socket_class(request_timeout: float, limiter: ConnectionLimiter) -> type[GuardedSSLSocket]:
+    key = (request_timeout, id(limiter))
+    cls = _SOCKET_CLASSES.get(key)
+    if cls is None:
+        cls = type(
+            "ConfiguredGuardedSSLSocket",
+            (GuardedSSLSocket,),
+            {"request_timeout": request_timeout, "limiter": limiter},
+        )
+        _SOCKET_CLASSES[key] = cls
+    return cls
+
+
+ADAPTER_NAME = "est-guarded"
+
+
+def register_adapter(request_timeout: float, max_connections_per_ip: int) -> str:
+    """Make the configured adapter selectable as `server.ssl_module`; returns its name."""
+    adapter = type(
+        "ConfiguredGuardedSSLAdapter",
+        (GuardedSSLAdapter,),
+        {
+            "request_timeout": request_timeout,
+            "limiter": ConnectionLimiter(max_connections_per_ip),
+        },
+    )
+    cheroot_server.ssl_adapters[ADAPTER_NAME] = adapter  # type: ignore[attr-defined]
+    return ADAPTER_NAME
