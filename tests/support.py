@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -17,11 +16,11 @@ from typing import Any
 import yaml
 
 from appliance.auth import hash_password
+from simulator import appliance_process
 
 LAB_USER = "iqe-gateway"
 LAB_PASSWORD = "iqe-secure-password-2024"
 EST_APPLIANCE = [sys.executable, "-m", "appliance.cli"]
-_LISTENING = re.compile(r"event=listening url=(https://\S+?)/\.well-known/est/")
 
 _LAB_HASH: str | None = None
 
@@ -125,25 +124,10 @@ class RunningAppliance:
 
 
 def start_appliance(lab: Lab, *extra: str, timeout: float = 20) -> RunningAppliance:
+    # The simulator's lab and the tests start appliances the same way.
     log = lab.folder / f"appliance-{time.monotonic_ns()}.log"
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [*EST_APPLIANCE, "serve", "--config", str(lab.config), *extra],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    handle.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = _LISTENING.search(log.read_text(encoding="utf-8", errors="replace"))
-        if match:
-            return RunningAppliance(lab, process, log, match.group(1))
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"appliance did not start:\n{log.read_text()}")
+    process, base = appliance_process.spawn(lab.config, log, *extra, timeout=timeout)
+    return RunningAppliance(lab, process, log, base)
 
 
 @contextmanager
