@@ -1,0 +1,91 @@
+"""The access point side through the public API: RadiusServer trusts only the EST CA, ties the
+identity to the certificate's CN, keeps its port across restarts, and checks CRLs when given
+(the hook the revocation work builds on)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from simulator.eapol import authenticate
+from simulator.gateway import Approach, Gateway
+from simulator.pki import CaFiles, create_ca, issue_client_certificate
+from simulator.pump import Pump
+from simulator.radius import RadiusServer
+from tests.support import RunningAppliance
+
+pytestmark = pytest.mark.e2e
+
+
+def enrolled_pump(appliance: RunningAppliance, serial: str, folder: Path) -> Pump:
+    lab = appliance.lab
+    pump = Pump.create(serial, folder / serial)
+    with Gateway(
+        appliance.base,
+        ca_file=lab.ca_cert,
+        approach=Approach.RA,
+        ra_cert=lab.ra_cert,
+        ra_key=lab.ra_key,
+    ) as gateway:
+        gateway.enroll_pump(pump, gateway.fetch_cacerts())
+    return pump
+
+
+def write_crl(ca: CaFiles, revoked: list[x509.Certificate], path: Path) -> Path:
+    ca_cert, ca_key = ca.load()
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_radius_server_accepts_ours_rejects_strangers_and_checks_crls(
+    appliance: RunningAppliance, out: Path
+) -> None:
+    lab = appliance.lab
+    good = enrolled_pump(appliance, "NPPRAD1", out)
+    revoked = enrolled_pump(appliance, "NPPRAD2", out)
+    foreign_ca = create_ca(out / "foreign", "Foreign CA")
+    stranger = Pump.create("NPPRAD3", out / "NPPRAD3")
+    stranger.install(
+        [issue_client_certificate(foreign_ca, x509.load_der_x509_csr(stranger.csr_der))],
+        [x509.load_pem_x509_certificate(foreign_ca.cert.read_bytes())],
+    )
+    # No server certificate given: the server makes its own identity; pumps trust that CA.
+    with RadiusServer(lab.ca_cert, out / "radius") as radius:
+        assert radius.server_ca_file != lab.ca_cert
+        assert authenticate(good, radius).accepted
+        assert authenticate(revoked, radius).accepted
+        assert not authenticate(stranger, radius).accepted
+        impostor = authenticate(good, radius, identity="NPPRAD2", explain=True)
+        assert not impostor.accepted
+        assert impostor.exit_code != 0
+        assert "does not match" in impostor.reason
+
+        port = radius.port
+        ca = CaFiles(lab.ca_cert, lab.certs / "ca-key.pem")
+        assert revoked.certificate is not None
+        radius.set_crl_files([write_crl(ca, [revoked.certificate], out / "ca.crl")])
+        radius.restart()
+        assert radius.port == port
+        assert authenticate(good, radius).accepted
+        verdict = authenticate(revoked, radius, explain=True)
+        assert not verdict.accepted
+        assert "revoked" in verdict.reason
+    assert not radius.running
