@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,12 +75,15 @@ def make_pumps(
             if progress:
                 progress("keys", len(pumps), len(serials))
         return pumps
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         results = pool.map(key_and_csr, serials, [key_type] * len(serials), chunksize=2)
         for serial, (key_pem, csr_der) in zip(serials, results, strict=True):
             pumps.append(Pump.from_key_pem(serial, folder / serial, key_pem, csr_der))
             if progress:
                 progress("keys", len(pumps), len(serials))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return pumps
 
 
@@ -108,12 +111,7 @@ def enroll_pumps(
             outcome.seconds = enrollment.seconds
         return outcome
 
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for _ in pool.map(one, outcomes):
-            done += 1
-            if progress:
-                progress("enroll", done, len(outcomes))
+    _in_threads(one, outcomes, concurrency, "enroll", progress)
     return outcomes
 
 
@@ -131,12 +129,27 @@ def check_eap_tls(
         if outcome.pump is not None:
             outcome.eap = authenticate(outcome.pump, radius)
 
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, 8))) as pool:
-        for _ in pool.map(one, enrolled):
-            done += 1
+    _in_threads(one, enrolled, min(concurrency, 8), "eap-tls", progress)
+
+
+def _in_threads(
+    work: Callable[[PumpOutcome], object],
+    items: Sequence[PumpOutcome],
+    workers: int,
+    phase: str,
+    progress: Progress | None,
+) -> None:
+    """Run `work` on every item; on Ctrl-C or an error, drop the queued items instead of
+    running them all before the interruption can take effect."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()
             if progress:
-                progress("eap-tls", done, len(enrolled))
+                progress(phase, done, len(items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_fleet(
