@@ -1,0 +1,336 @@
+"""Several serving processes on one port: pre-forked workers sharing it with SO_REUSEPORT.
+
+One CPython process uses about one core: the GIL serializes the Python part of every
+enrollment (CSR parsing, building the certificate, the ledger insert, HTTP parsing). With
+`server.workers` > 1 each worker process runs the whole appliance (cheroot and its thread pool,
+the CA key, its own ledger connections) and binds the same port with SO_REUSEPORT, so the kernel
+spreads new connections over the workers' accept queues (docs/PERFORMANCE.md has the numbers).
+
+The parent only supervises. It reserves the port first (so port 0 resolves once, to one port
+for every worker, and the port stays ours while a worker restarts), forks the workers, reports
+ready once every worker accepts connections, restarts a worker that dies, and stops them all on
+SIGTERM, SIGINT or SIGHUP. Each worker asks the kernel for SIGTERM when the parent dies
+(PR_SET_PDEATHSIG), so no worker outlives a parent killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import cherrypy
+from cherrypy.process.servers import ServerAdapter
+
+from appliance.config import Config, ServerConfig
+from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.server import Appliance
+
+log = logging.getLogger(__name__)
+
+# The parent handles these itself (sigtimedwait); workers get the default dispositions back.
+_PARENT_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 15.0
+# A worker that dies this often this fast is broken, not unlucky: stop instead of looping.
+_RESTART_WINDOW = 60.0
+_MAX_RESTARTS_IN_WINDOW = 5
+
+# The worker body: gets its index and a callback to call once it accepts connections; returns
+# when the worker should exit (after SIGTERM).
+WorkerMain = Callable[[int, Callable[[], None]], None]
+
+
+class WorkerError(ApplianceError):
+    """A worker process could not start or keeps dying."""
+
+
+def serve_workers(
+    config: Config,
+    count: int,
+    build: Callable[[Config], Appliance],
+    configure: Callable[[Appliance], None],
+    announce: Callable[[Config, str, int], None],
+) -> None:
+    """Serve `config` from `count` worker processes; returns after SIGTERM/SIGINT/SIGHUP.
+
+    `build` and `configure` are the composition root's: the parent builds once to report a bad
+    config or key by name before anything forks, then every worker builds its own appliance
+    (an SQLite connection must never cross a fork). `announce` runs once all workers serve.
+    """
+    build(config).ledger.close()
+    with reserved_port(config.server.host, config.server.port) as port:
+        bound = dataclasses.replace(config, server=dataclasses.replace(config.server, port=port))
+
+        def main(_index: int, ready: Callable[[], None]) -> None:
+            _serve_worker(bound, build, configure, ready)
+
+        Supervisor(count, main).run(lambda: announce(bound, bound.server.host, port))
+
+
+def _serve_worker(
+    config: Config,
+    build: Callable[[Config], Appliance],
+    configure: Callable[[Appliance], None],
+    ready: Callable[[], None],
+) -> None:  # pragma: no cover - runs in a worker process
+    appliance = build(config)
+    configure(appliance)
+    engine = cherrypy.engine
+    # CherryPy's own server adapter checks that the port is free before binding, and it is
+    # not: the sibling workers listen on it. Bind our cheroot server with SO_REUSEPORT through
+    # an adapter without an address, which skips that check (and the matching one at stop).
+    cherrypy.server.unsubscribe()
+    httpserver = cherrypy.server.httpserver or cherrypy.server.httpserver_from_self()[0]
+    httpserver.reuse_port = True
+    _SharedPortAdapter(engine, httpserver, None).subscribe()
+    # CherryPy's SIGHUP handler re-executes the command line, which in a worker would start a
+    # second supervisor; every signal here means "stop", the parent decides about restarts.
+    engine.signal_handler.handlers = {"SIGTERM": engine.exit, "SIGINT": engine.exit}
+    engine.signal_handler.handlers["SIGHUP"] = engine.exit
+    engine.signal_handler.subscribe()
+    engine.start()
+    ready()
+    try:
+        engine.block()
+    finally:
+        appliance.ledger.close()
+
+
+class _SharedPortAdapter(ServerAdapter):  # type: ignore[misc]
+    """CherryPy's adapter without its bind address (see _serve_worker), named for the log."""
+
+    @property
+    def description(self) -> str:
+        host, port = self.httpserver.bind_addr[:2]
+        return f"https://{host}:{port} (one of several workers, SO_REUSEPORT)"
+
+
+# Pending connections the kernel queues per worker (cheroot's default is 5: a burst of gateways
+# reconnecting after a restart would see refused or retried SYNs).
+LISTEN_BACKLOG = 1024
+
+
+def prepare_http_server(server: ServerConfig) -> None:
+    """Create CherryPy's cheroot server now, to set what CherryPy's config keys cannot reach."""
+    adapter = cherrypy.server
+    adapter.socket_queue_size = LISTEN_BACKLOG
+    httpserver, _bind_addr = adapter.httpserver_from_self()
+    httpserver.keep_alive_conn_limit = server.keepalive_connections
+    adapter.httpserver = httpserver
+
+
+def effective_workers(configured: int) -> int:
+    """`server.workers: 0` means one worker per CPU core this process may run on."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def reserved_port(host: str, port: int) -> Iterator[int]:
+    """Bind (host, port) with SO_REUSEPORT without listening and yield the port number.
+
+    A socket that never calls listen() receives no connections; it only holds the port, so the
+    workers can all bind it with SO_REUSEPORT and a restarted worker gets the same port back.
+    """
+    family, _type, _proto, _name, address = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int
+    started: float
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Forks `count` workers running `main` and keeps them running until told to stop."""
+
+    count: int
+    main: WorkerMain
+    _workers: dict[int, _Worker] = field(default_factory=dict)
+    _restarts: list[float] = field(default_factory=list)
+    _ready_r: int = -1
+    _ready_w: int = -1
+
+    def run(self, on_ready: Callable[[], None]) -> None:
+        """Start the workers, call `on_ready` once all accept connections, supervise, stop."""
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        self._ready_r, self._ready_w = os.pipe()
+        os.set_blocking(self._ready_r, False)
+        try:
+            for index in range(self.count):
+                self._spawn(index)
+            if self._wait_until_ready():
+                on_ready()
+                self._supervise()
+        finally:
+            self._stop_all()
+            os.close(self._ready_r)
+            os.close(self._ready_w)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+    def _spawn(self, index: int) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child; measured by the integration tests
+            self._run_child(index, parent)
+        self._workers[pid] = _Worker(index=index, pid=pid, started=time.monotonic())
+        log.debug("event=worker_started worker=%d pid=%d", index, pid)
+
+    def _run_child(self, index: int, parent: int) -> None:  # pragma: no cover - child process
+        code = 1
+        try:
+            _die_with_parent(parent)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            os.close(self._ready_r)
+            ready_w = self._ready_w
+
+            def ready() -> None:
+                os.write(ready_w, f"{os.getpid()}\n".encode())
+
+            self.main(index, ready)
+            code = 0
+        except BaseException:
+            log.exception("event=worker_failed worker=%d pid=%d", index, os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _wait_until_ready(self) -> bool:
+        """True once every worker reported ready; False if told to stop first."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not all(worker.ready for worker in self._workers.values()):
+            if time.monotonic() > deadline:
+                raise WorkerError(f"workers did not start within {_START_TIMEOUT:.0f} seconds")
+            select.select([self._ready_r], [], [], 0.05)
+            self._read_ready()
+            info = signal.sigtimedwait(_PARENT_SIGNALS, 0)
+            if info is not None and info.si_signo != signal.SIGCHLD:
+                return False
+            for worker, status in self._reap():
+                raise WorkerError(
+                    f"worker {worker.index} (pid {worker.pid}) {_describe(status)} before "
+                    "serving; its log lines above say why"
+                )
+        return True
+
+    def _supervise(self) -> None:
+        while True:
+            info = signal.sigtimedwait(_PARENT_SIGNALS, 1.0)
+            self._read_ready()
+            if info is not None and info.si_signo != signal.SIGCHLD:
+                log.info(
+                    "event=stopping signal=%s workers=%d",
+                    signal.Signals(info.si_signo).name,
+                    len(self._workers),
+                )
+                return
+            for worker, status in self._reap():
+                log.error(
+                    "event=worker_exited worker=%d pid=%d status=%s",
+                    worker.index,
+                    worker.pid,
+                    _quote(_describe(status)),
+                )
+                self._check_restart_rate()
+                self._spawn(worker.index)
+
+    def _check_restart_rate(self) -> None:
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < _RESTART_WINDOW]
+        self._restarts.append(now)
+        if len(self._restarts) > _MAX_RESTARTS_IN_WINDOW:
+            raise WorkerError(
+                f"workers died {len(self._restarts)} times within {_RESTART_WINDOW:.0f} "
+                "seconds; stopping instead of restarting them again"
+            )
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._ready_r, 4096)
+        except BlockingIOError:
+            return
+        for line in data.decode().split():
+            worker = self._workers.get(int(line))
+            if worker is not None:
+                worker.ready = True
+                log.debug("event=worker_ready worker=%d pid=%d", worker.index, worker.pid)
+
+    def _reap(self) -> list[tuple[_Worker, int]]:
+        exited = []
+        while self._workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            worker = self._workers.pop(pid, None)
+            if worker is not None:
+                exited.append((worker, status))
+        return exited
+
+    def _stop_all(self) -> None:
+        for worker in self._workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while self._workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        for worker in list(self._workers.values()):
+            log.warning("event=worker_killed worker=%d pid=%d", worker.index, worker.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(worker.pid, 0)
+        self._workers.clear()
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - child process
+    """Ask Linux to SIGTERM this worker when the supervisor dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    # The parent may have died between fork() and prctl(): then nobody would signal us.
+    if os.getppid() != parent:
+        raise WorkerError("the supervisor exited while this worker was starting")
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', "'") + '"'
