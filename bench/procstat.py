@@ -1,0 +1,58 @@
+"""CPU time and resident memory of a process and its children, read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the appliance's supervisor and its workers)."""
+    pids = [pid]
+    index = 0
+    while index < len(pids):
+        current = pids[index]
+        index += 1
+        for task in _read_dir(Path(f"/proc/{current}/task")):
+            children = _read(Path(f"/proc/{current}/task/{task}/children"))
+            pids.extend(int(child) for child in children.split())
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (live processes only)."""
+    total = 0
+    for pid in pids:
+        stat = _read(Path(f"/proc/{pid}/stat"))
+        if not stat:
+            continue
+        # Fields after the command name, which is in parentheses and may contain spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / _CLK_TCK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident set size summed over the processes (shared pages counted in each)."""
+    total = 0
+    for pid in pids:
+        for line in _read(Path(f"/proc/{pid}/status")).splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def _read_dir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,127 @@
+"""Several worker processes on one port: one listening line, supervision, group commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.config import parse_config
+from appliance.errors import ConfigError
+from bench.csrs import pump_csrs
+from bench.loadgen import LoadSpec, Target, run_load
+from bench.procstat import process_tree
+from tests.support import (
+    LAB_PASSWORD,
+    LAB_USER,
+    Lab,
+    RunningAppliance,
+    curl,
+    make_lab,
+    run_cli,
+    start_appliance,
+)
+
+
+@pytest.fixture(scope="module")
+def workers_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return make_lab(tmp_path_factory.mktemp("workers"), {"server": {"workers": 2}})
+
+
+@pytest.fixture(scope="module")
+def running(workers_lab: Lab) -> Iterator[RunningAppliance]:
+    appliance = start_appliance(workers_lab)
+    yield appliance
+    appliance.stop()
+
+
+def _target(appliance: RunningAppliance) -> Target:
+    host, port = appliance.base.removeprefix("https://").rsplit(":", 1)
+    lab = appliance.lab
+    return Target(host, int(port), lab.ca_cert, lab.ra_cert, lab.ra_key, LAB_USER, LAB_PASSWORD)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_announce_once_and_serve(running: RunningAppliance) -> None:
+    log = running.log_text()
+    assert log.count("event=listening") == 1
+    assert "workers=2" in log
+    assert len(process_tree(running.process.pid)) == 3  # supervisor + 2 workers
+    status, _headers, body = curl(["--cacert", str(running.lab.ca_cert), running.url("cacerts")])
+    assert status == 200 and body
+
+
+def test_concurrent_enrollments_from_both_workers_are_all_recorded(
+    running: RunningAppliance,
+) -> None:
+    """Group commit under two processes: every certificate that left is in the ledger, once."""
+    before = len(
+        run_cli(
+            "list", "--json", "--limit", "100000", "--config", str(running.lab.config)
+        ).stdout.splitlines()
+    )
+    result = run_load(
+        _target(running), LoadSpec("keepalive", 8, 2, requests=400), pump_csrs(16, keys=2)
+    )
+    assert result.ok == 400 and not result.errors
+    lines = run_cli(
+        "list", "--json", "--limit", "100000", "--config", str(running.lab.config)
+    ).stdout.splitlines()
+    # 400 measured enrollments plus one checked warm-up enrollment per connection.
+    assert len(lines) - before == 400 + 8
+    assert len(set(lines)) == len(lines)
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
+    running: RunningAppliance,
+) -> None:
+    supervisor = running.process.pid
+    old = process_tree(supervisor)[1:]
+    os.kill(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        current = process_tree(supervisor)[1:]
+        if len(current) == 2 and old[0] not in current:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker not replaced: {process_tree(supervisor)}")
+    assert "event=worker_exited worker=" in running.log_text()
+    running.assert_alive()
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path, workers_lab: Lab) -> None:
+    appliance = start_appliance(workers_lab)
+    workers = process_tree(appliance.process.pid)[1:]
+    assert len(workers) == 2
+    appliance.process.kill()
+    appliance.process.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "workers outlived their supervisor"
+    status, headers, _body = curl(
+        ["--cacert", str(workers_lab.ca_cert), appliance.url("cacerts")], timeout=5
+    )
+    assert status == 0, headers
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (2, True), (-1, False), (65, False)])
+def test_workers_setting_is_validated(tmp_path: Path, value: int, ok: bool) -> None:
+    raw = {"server": {"workers": value}}
+    if ok:
+        assert parse_config(raw, base_dir=tmp_path).server.workers == value
+    else:
+        with pytest.raises(ConfigError, match=r"server\.workers: must be between 0 and 64"):
+            parse_config(raw, base_dir=tmp_path)

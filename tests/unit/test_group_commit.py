@@ -1,0 +1,97 @@
+"""Group commit: concurrent writes share transactions, fail alone, and are durable on return."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.group_commit import GroupCommit
+
+
+class Busy(Exception):
+    pass
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
+
+
+def test_every_write_is_visible_to_another_connection_when_run_returns(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    _db(db).execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    group = GroupCommit(tmp_path / "t.lock", Busy)
+    errors: list[str] = []
+
+    def writer(base: int) -> None:
+        conn = _db(db)
+        reader = _db(db)
+        for k in range(base, base + 50):
+            group.run(conn, lambda c, k=k: c.execute("INSERT INTO t VALUES (?)", (k,)))
+            if reader.execute("SELECT 1 FROM t WHERE k = ?", (k,)).fetchone() is None:
+                errors.append(f"{k} not committed when run() returned")
+
+    threads = [threading.Thread(target=writer, args=(i * 1000,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _db(db).execute("SELECT COUNT(*) FROM t").fetchone() == (400,)
+
+
+def test_a_failing_write_rolls_back_alone_within_its_batch(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    conn0 = _db(db)
+    conn0.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    conn0.execute("INSERT INTO t VALUES (1)")
+    group = GroupCommit(tmp_path / "t.lock", Busy)
+    gate = threading.Event()
+    entered = threading.Event()
+    results: dict[int, str] = {}
+
+    def first(c: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)  # holds the leadership so the others queue into one batch
+        c.execute("INSERT INTO t VALUES (100)")
+
+    def submit(k: int) -> None:
+        try:
+            group.run(_db(db), lambda c: c.execute("INSERT INTO t VALUES (?)", (k,)))
+            results[k] = "ok"
+        except sqlite3.IntegrityError:
+            results[k] = "duplicate"
+
+    leader = threading.Thread(target=lambda: group.run(_db(db), first))
+    leader.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=submit, args=(k,)) for k in (2, 1, 3)]
+    for t in others:
+        t.start()
+    while len(group._pending) < 3:  # all three queued behind the leader: one batch
+        threading.Event().wait(0.01)
+    gate.set()
+    leader.join()
+    for t in others:
+        t.join()
+    assert results == {2: "ok", 1: "duplicate", 3: "ok"}
+    rows = {k for (k,) in conn0.execute("SELECT k FROM t")}
+    assert rows == {1, 2, 3, 100}
+
+
+def test_a_locked_database_is_reported_as_unavailable(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    holder = _db(db)
+    holder.execute("CREATE TABLE t (k INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # another writer that never lets go
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False, timeout=0.05)
+    group = GroupCommit(tmp_path / "t.lock", Busy)
+    with pytest.raises(Busy):
+        group.run(conn, lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    holder.execute("ROLLBACK")
+    group.run(conn, lambda c: c.execute("INSERT INTO t VALUES (1)"))  # and recovers
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
