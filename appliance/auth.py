@@ -89,6 +89,26 @@ class RaCertificateAuth:
             )
         return Identity(client.subject, AuthMethod.CLIENT_CERTIFICATE, client.fingerprint)
 
+    def authenticate_renewal(
+        self, client_cert_pem: str | None
+    ) -> tuple[Identity, x509.Certificate | None]:
+        """RFC 7030 §4.2.2 simplereenroll: the client certificate is either an RA's (renewing
+        on a pump's behalf: returns None as the certificate to renew) or the pump's own current
+        certificate (returned, for the service to check against the ledger)."""
+        if not client_cert_pem:
+            raise Unauthorized(
+                "simplereenroll needs a TLS client certificate: the pump's current certificate, "
+                "or the RA certificate when renewing on a pump's behalf"
+            )
+        try:
+            client = parse_client_certificate(client_cert_pem)
+        except ValueError:
+            raise Unauthorized("the TLS client certificate could not be read") from None
+        identity = Identity(client.subject, AuthMethod.CLIENT_CERTIFICATE, client.fingerprint)
+        if client.is_ra_by_eku or client.fingerprint in self._fingerprints:
+            return identity, None
+        return identity, client.cert
+
 
 class PasswordAuth:
     """HTTP Basic (RFC 7617) against Argon2id hashes.

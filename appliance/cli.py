@@ -14,11 +14,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 
 from appliance import __version__
+from appliance.approvals import ApprovalGate
 from appliance.auth import hash_password
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
-from appliance.ledger import SqliteLedger
+from appliance.ledger import ApprovalState, SqliteLedger
 from appliance.pki_init import create_pki
 from appliance.server import build_appliance, serve
 from appliance.users_file import set_user_hash
@@ -83,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.set_defaults(func=_list)
+
+    # RFC 7030 §4.2.3 manual approval: the operator's side of the 202 flow.
+    p = command("pending", "list enrollment requests waiting for approval, oldest first")
+    p.add_argument("--all", action="store_true", help="also list approved and rejected requests")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=_pending)
+
+    p = command("approve", "approve a pending request; the client gets its certificate on retry")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=_decide, approve=True)
+
+    p = command("reject", "reject a pending request; the client gets 403 on retry")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=_decide, approve=False)
     return parser
 
 
@@ -176,6 +191,8 @@ def _list(args: argparse.Namespace) -> int:
                         "endpoint": r.endpoint,
                         "issued_at": r.issued_at.isoformat(),
                         "status": r.status,
+                        "replaces": r.replaces,
+                        "profile": r.profile,
                     }
                 )
             )
@@ -196,13 +213,79 @@ def _list(args: argparse.Namespace) -> int:
         )
         for r in records
     ]
+    _print_table(rows)
+    if not records:
+        print("(no certificates issued yet)")
+    return 0
+
+
+def _pending(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ledger = SqliteLedger(config.ledger.path)
+    try:
+        approvals = ledger.approvals(None if args.all else ApprovalState.PENDING)
+    finally:
+        ledger.close()
+    if args.json:
+        for a in approvals:
+            print(
+                json.dumps(
+                    {
+                        "id": a.id,
+                        "state": a.state.value,
+                        "profile": a.profile,
+                        "operation": a.operation,
+                        "subject": a.subject,
+                        "requester": a.requester,
+                        "created": a.created.isoformat(),
+                        "decided": a.decided.isoformat() if a.decided else None,
+                        "serial": a.serial,
+                    }
+                )
+            )
+        return 0
+    rows = [("ID", "STATE", "LABEL", "OPERATION", "SUBJECT", "REQUESTER", "CREATED")]
+    rows += [
+        (
+            str(a.id),
+            a.state.value,
+            a.profile or "-",
+            a.operation,
+            a.subject,
+            a.requester,
+            f"{a.created:%Y-%m-%d %H:%M:%S}",
+        )
+        for a in approvals
+    ]
+    _print_table(rows)
+    if not approvals:
+        print("(no requests waiting for approval)")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ledger = SqliteLedger(config.ledger.path)
+    try:
+        approval = ApprovalGate(ledger, utc_now).decide(args.id, approve=args.approve)
+    except ValueError as exc:
+        print(f"est-appliance: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    verb = "approved" if args.approve else "rejected"
+    print(
+        f"request {approval.id} ({approval.subject}) {verb}; the client gets "
+        f"{'its certificate' if args.approve else '403'} when it sends the request again"
+    )
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
-    if not records:
-        print("(no certificates issued yet)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ _WHITESPACE: Final = frozenset(b" \t\r\n")
 PKCS7_MIME: Final = "application/pkcs7-mime"
 CERTS_ONLY_MIME: Final = "application/pkcs7-mime; smime-type=certs-only"
 PEM_MIME: Final = "application/x-pem-file"
+CSRATTRS_MIME: Final = "application/csrattrs"
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,17 @@ class EncodedBody:
     """A response body with the headers that describe its encoding."""
 
     content: bytes
-    content_type: str
+    content_type: str | None
     transfer_encoding: str | None = None
+    status: int = 200
+
+    @classmethod
+    def no_content(cls) -> EncodedBody:
+        """RFC 9110 §15.3.5 204: no body, hence no Content-Type."""
+        return cls(b"", None, status=204)
 
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": self.content_type}
+        headers = {"Content-Type": self.content_type} if self.content_type else {}
         if self.transfer_encoding:
             headers["Content-Transfer-Encoding"] = self.transfer_encoding
         return headers
@@ -155,6 +162,13 @@ def encode_pkcs7(der: bytes, fmt: ResponseFormat, mime: str) -> EncodedBody:
         return EncodedBody(wrap_base64(der), mime, transfer_encoding="base64")
     pem = b"-----BEGIN PKCS7-----\n" + base64.encodebytes(der) + b"-----END PKCS7-----\n"
     return EncodedBody(pem, PEM_MIME)
+
+
+def encode_csr_attributes(der: bytes, fmt: ResponseFormat) -> EncodedBody:
+    """RFC 7030 §4.5.2: application/csrattrs, base64 (raw DER for a der profile)."""
+    if fmt == "der":
+        return EncodedBody(der, CSRATTRS_MIME)
+    return EncodedBody(wrap_base64(der), CSRATTRS_MIME, transfer_encoding="base64")
 
 
 def wrap_base64(data: bytes) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -124,6 +125,55 @@ class PkiConfig:
         return values
 
 
+DuplicatePolicy = Literal["allow", "reject", "supersede"]
+
+# RFC 7030 §3.2.2: a CA label is one path segment; it must not be mistaken for an operation.
+EST_OPERATIONS: tuple[str, ...] = (
+    "cacerts",
+    "simpleenroll",
+    "simplereenroll",
+    "serverkeygen",
+    "csrattrs",
+    "fullcmc",
+    "bootstrap",
+)
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+# Extension names accepted in csr_attributes.extension_requests besides dotted OIDs.
+EXTENSION_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "subjectAltName": "2.5.29.17",
+        "keyUsage": "2.5.29.15",
+        "extendedKeyUsage": "2.5.29.37",
+        "macAddress": "1.3.6.1.1.1.1.22",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CsrAttributesConfig:
+    """RFC 7030 §4.5.2: attributes the server asks for; all empty means /csrattrs answers 204."""
+
+    # The key type the CSR should carry ("none": say nothing).
+    key_type: Literal["none", "rsa-2048", "rsa-3072", "ec-p256", "ec-p384"] = "none"
+    # Ask for a challengePassword (RFC 7030 §3.5 linking); on by itself with pop_linking.
+    challenge_password: bool = False
+    # Extensions the CSR should request: names from EXTENSION_NAMES or dotted OIDs.
+    extension_requests: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        oids = []
+        for name in self.extension_requests:
+            oid = EXTENSION_NAMES.get(name, name)
+            if not _OID.fullmatch(oid):
+                raise ConfigError(
+                    f"csr_attributes.extension_requests: {name!r} is neither a dotted OID nor "
+                    f"one of {', '.join(EXTENSION_NAMES)}"
+                )
+            oids.append(oid)
+        object.__setattr__(self, "extension_requests", tuple(oids))
+
+
 @dataclass(frozen=True)
 class EnrollmentConfig:
     """The pump (EAP-TLS client) certificate profile."""
@@ -136,11 +186,34 @@ class EnrollmentConfig:
     # enrollment on a device a few minutes behind.
     backdate_seconds: int = 300
 
+    # What a second certificate for a subject that already has a valid one does (issue 5):
+    # allow it, reject it (409 naming the existing serial), or supersede the old one.
+    duplicate_subject: DuplicatePolicy = "allow"
+    # With `supersede` (and on reenroll): also mark the replaced certificate revoked.
+    revoke_superseded: bool = False
+    # RFC 7030 §4.2.3: hold every request for an operator (`est-appliance approve ID`); the
+    # client is told 202 + Retry-After and re-sends the same request.
+    manual_approval: bool = False
+    retry_after_seconds: int = 60
+    # RFC 7030 §3.5: the CSR's challengePassword must carry the connection's tls-unique.
+    pop_linking: bool = False
+    # TLS 1.3 has no tls-unique (RFC 8446 §C.5): `refuse` answers 403 asking for TLS 1.2,
+    # `skip` accepts the CSR unlinked (TLS 1.3 with a client certificate already binds the key
+    # holder to the session, but not to the CSR).
+    pop_on_tls13: Literal["refuse", "skip"] = "refuse"
+    # RFC 7030 §4.2.2: may an RA renew on a pump's behalf (subject must match a valid cert)?
+    ra_may_reenroll: bool = True
+    # RFC 7030 §4.4: the key the appliance generates for /serverkeygen.
+    serverkeygen_key: KeyAlgorithm = KeyAlgorithm.RSA_2048
+    # RFC 7030 §4.5: what /csrattrs tells clients to put in their CSR.
+    csr_attributes: CsrAttributesConfig = field(default_factory=CsrAttributesConfig)
+
     def __post_init__(self) -> None:
         _check_range("enrollment.validity_days", self.validity_days, 1, 3650)
         _check_range("enrollment.min_rsa_bits", self.min_rsa_bits, 2048, 16384)
         _check_range("enrollment.max_rsa_bits", self.max_rsa_bits, self.min_rsa_bits, 16384)
         _check_range("enrollment.backdate_seconds", self.backdate_seconds, 0, 86400)
+        _check_range("enrollment.retry_after_seconds", self.retry_after_seconds, 1, 86400)
         known = {"secp256r1", "secp384r1", "secp521r1"}
         for curve in self.allowed_curves:
             if curve not in known:
@@ -193,6 +266,16 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """One CA label (RFC 7030 §3.2.2): /.well-known/est/<label>/<operation>."""
+
+    # Labels serve RFC clients by default, hence the RFC 7030 §4.1.3 base64.
+    response_format: ResponseFormat = "base64"
+    simpleenroll_allow_basic: bool = False
+    enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     path: Path = Path("var/ledger.db")
 
@@ -211,7 +294,31 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # CA label -> profile; the bare path is the default profile built from the keys above.
+    profiles: Mapping[str, ProfileConfig] = field(default_factory=dict)
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        for label in self.profiles:
+            if not _LABEL.fullmatch(label):
+                raise ConfigError(
+                    f"profiles.{label}: a label is 1-64 letters, digits, '-', '_' or '.', "
+                    "starting with a letter or digit"
+                )
+            if label in EST_OPERATIONS:
+                raise ConfigError(f"profiles.{label}: an EST operation name cannot be a label")
+
+    def default_profile(self) -> ProfileConfig:
+        """The bare /.well-known/est/<operation> path: today's top-level keys."""
+        return ProfileConfig(
+            response_format=self.gateway.response_format,
+            simpleenroll_allow_basic=self.auth.simpleenroll_allow_basic,
+            enrollment=self.enrollment,
+        )
+
+    def all_profiles(self) -> dict[str, ProfileConfig]:
+        """Every profile by label; the default profile's label is ''."""
+        return {"": self.default_profile(), **self.profiles}
 
 
 def load_config(path: Path) -> Config:
@@ -257,7 +364,15 @@ def _build(cls: type[Any], raw: object, prefix: str, base_dir: Path) -> Any:
             values[f.name] = _build(hints[f.name], {}, f"{prefix}{f.name}.", base_dir)
         elif hints[f.name] is Path and isinstance(f.default, Path):
             values[f.name] = _convert(Path, str(f.default), f"{prefix}{f.name}", base_dir)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        # A section's own checks name its key from the section down ("enrollment.x"); nested
+        # under a label it must read "profiles.rfc.enrollment.x".
+        key, sep, text = str(exc).partition(": ")
+        if not prefix or not sep or key.startswith(prefix) or "." not in key:
+            raise
+        raise ConfigError(f"{prefix}{key.split('.', 1)[1]}: {text}") from None
 
 
 def _convert(hint: Any, value: object, key: str, base_dir: Path) -> Any:

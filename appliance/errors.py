@@ -38,6 +38,16 @@ class EstError(ApplianceError):
         return {}
 
 
+class Accepted(EstError):
+    """RFC 7030 §4.2.3: the request is held (manual approval); retry after `retry_after`.
+
+    Not a failure, but like one it ends the request without a certificate, so it travels
+    the same single path to the client."""
+
+    status = 202
+    reason = "accepted"
+
+
 class BadRequest(EstError):
     status = 400
     reason = "bad_request"
@@ -94,6 +104,11 @@ class PayloadTooLarge(EstError):
 class UnsupportedMediaType(EstError):
     status = 415
     reason = "unsupported_media_type"
+
+
+class NotImplementedOperation(EstError):
+    status = 501
+    reason = "not_implemented"
 
 
 class ServiceUnavailable(EstError):

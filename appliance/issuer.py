@@ -190,9 +190,15 @@ class Issuer:
     def ca(self) -> CaMaterial:
         return self._ca
 
-    def issue_pump_certificate(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+    def issue_pump_certificate(
+        self,
+        csr: x509.CertificateSigningRequest,
+        public_key: CertificatePublicKeyTypes | None = None,
+    ) -> x509.Certificate:
+        """Subject and SAN from the CSR; the key from the CSR unless the appliance generated
+        it (RFC 7030 §4.4.1: serverkeygen ignores the CSR's key)."""
         now = self._clock()
-        public_key = csr.public_key()
+        public_key = public_key or csr.public_key()
         builder = _leaf_builder(
             self._ca,
             subject=csr.subject,

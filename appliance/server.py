@@ -11,10 +11,10 @@ from appliance.auth import PasswordAuth, RaCertificateAuth
 from appliance.clock import Clock, utc_now
 from appliance.config import Config
 from appliance.errors import PkiError
-from appliance.issuer import CaMaterial, Issuer, public_keys_match
+from appliance.issuer import CaMaterial, public_keys_match
 from appliance.ledger import SqliteLedger
 from appliance.pem_files import check_private_key_mode, load_certificate, load_private_key
-from appliance.policy import default_csr_policy
+from appliance.profiles import build_profiles
 from appliance.service import EnrollmentService
 from appliance.tls import server_context
 from appliance.tls_adapter import register_adapter
@@ -36,19 +36,12 @@ def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
     ca = CaMaterial.load(config.pki, clock())
     check_server_material(config)
     ledger = SqliteLedger(config.ledger.path)
-    service = EnrollmentService(
-        Issuer(ca, config.enrollment, clock),
-        default_csr_policy(config.enrollment),
-        ledger,
-        clock,
-    )
+    service = EnrollmentService(build_profiles(config, ca, clock), ledger, clock)
     web = EstApplication(
         service,
         RaCertificateAuth(config.auth.ra_fingerprints),
         PasswordAuth(config.auth.users, config.auth.realm, config.auth.credential_cache_seconds),
-        response_format=config.gateway.response_format,
         max_body_bytes=config.server.max_body_bytes,
-        allow_basic_on_simpleenroll=config.auth.simpleenroll_allow_basic,
     )
     return Appliance(config=config, service=service, web=web, ledger=ledger)
 

@@ -8,6 +8,7 @@ in the log, tagged with the request id the client also sees.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cherrypy
+from cryptography import x509
 
 from appliance.auth import PasswordAuth, RaCertificateAuth
 from appliance.codec import (
@@ -23,18 +25,23 @@ from appliance.codec import (
     certs_only_der,
     decode_csr,
     encode_certs_only,
+    encode_csr_attributes,
     encode_pkcs7,
 )
-from appliance.config import ResponseFormat
+from appliance.config import RESPONSE_FORMATS
 from appliance.errors import (
     EstError,
     MethodNotAllowed,
     NotFound,
+    NotImplementedOperation,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
 from appliance.identity import Identity
+from appliance.policy import Channel
+from appliance.profiles import DEFAULT_LABEL, Profile
+from appliance.serverkeygen import encode_serverkeygen
 from appliance.service import EnrollmentService
 
 log = logging.getLogger(__name__)
@@ -58,11 +65,12 @@ class RequestLog:
 @dataclass(frozen=True)
 class Operation:
     methods: tuple[str, ...]
-    handler: Callable[[RequestLog], EncodedBody]
+    handler: Callable[[RequestLog, Profile], EncodedBody]
 
 
 class EstApplication:
-    """The RFC 7030 operations of the default CA."""
+    """The RFC 7030 operations, under the bare path (default profile) and under each CA label
+    (RFC 7030 §3.2.2: /.well-known/est/<label>/<operation>)."""
 
     def __init__(
         self,
@@ -70,26 +78,27 @@ class EstApplication:
         ra_auth: RaCertificateAuth,
         password_auth: PasswordAuth,
         *,
-        response_format: ResponseFormat,
         max_body_bytes: int,
-        allow_basic_on_simpleenroll: bool,
     ) -> None:
         self._service = service
         self._ra_auth = ra_auth
         self._password_auth = password_auth
-        self._format = response_format
         self._max_body = max_body_bytes
-        self._allow_basic = allow_basic_on_simpleenroll
         self._operations: dict[str, Operation] = {
             "cacerts": Operation(("GET", "HEAD"), self._cacerts),
             "simpleenroll": Operation(("POST",), self._simpleenroll),
+            "simplereenroll": Operation(("POST",), self._simplereenroll),
+            "serverkeygen": Operation(("POST",), self._serverkeygen),
+            "csrattrs": Operation(("GET", "HEAD"), self._csrattrs),
+            "fullcmc": Operation(("POST",), self._fullcmc),
             "bootstrap": Operation(("POST",), self._bootstrap),
         }
-        # The CA chain never changes while serving: encode it once.
+        # The CA chain never changes while serving: encode it once per response format.
         # RFC 7030 §4.1.3 names plain application/pkcs7-mime for cacerts.
-        self._cacerts_body = encode_pkcs7(
-            certs_only_der(list(service.ca_chain)), response_format, PKCS7_MIME
-        )
+        chain_der = certs_only_der(list(service.ca_chain))
+        self._cacerts_bodies = {
+            fmt: encode_pkcs7(chain_der, fmt, PKCS7_MIME) for fmt in RESPONSE_FORMATS
+        }
 
     @cherrypy.expose  # type: ignore[untyped-decorator]
     def default(self, *segments: str, **_params: str) -> bytes:
@@ -98,13 +107,13 @@ class EstApplication:
         started = time.perf_counter()
         cherrypy.response.headers["X-Request-Id"] = entry.request_id
         try:
-            operation = self._resolve(segments)
+            profile, operation = self._resolve(segments)
             if request.method not in operation.methods:
                 raise MethodNotAllowed(
                     f"{request.method} is not allowed on {entry.endpoint}",
                     allow=operation.methods,
                 )
-            body = operation.handler(entry)
+            body = operation.handler(entry, profile)
             return _respond(body)
         except EstError as error:
             entry.reason = error.message
@@ -116,44 +125,88 @@ class EstApplication:
         finally:
             _log_request(entry, started)
 
-    def _resolve(self, segments: tuple[str, ...]) -> Operation:
-        if len(segments) != 1:
+    def _resolve(self, segments: tuple[str, ...]) -> tuple[Profile, Operation]:
+        if len(segments) == 1:
+            label, name = DEFAULT_LABEL, segments[0]
+        elif len(segments) == 2:
+            label, name = segments
+        else:
             raise NotFound(
-                f"no EST operation at {EST_PREFIX}/{'/'.join(segments)}; "
-                f"known operations: {', '.join(self._operations)}"
+                f"no EST operation at {EST_PREFIX}/{'/'.join(segments)}; use "
+                f"{EST_PREFIX}/<operation> or {EST_PREFIX}/<label>/<operation>"
             )
-        operation = self._operations.get(segments[0])
+        operation = self._operations.get(name)
         if operation is None:
             raise NotFound(
-                f"unknown EST operation '{segments[0]}'; "
-                f"known operations: {', '.join(self._operations)}"
+                f"unknown EST operation '{name}'; known operations: {', '.join(self._operations)}"
             )
-        return operation
+        return self._service.profile(label), operation
 
     # RFC 7030 §4.1: the CA certificates, no authentication.
-    def _cacerts(self, entry: RequestLog) -> EncodedBody:
-        return self._cacerts_body
+    def _cacerts(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        return self._cacerts_bodies[profile.response_format]
 
     # RFC 7030 §4.2.1: enrollment by an RA authenticated with its TLS client certificate.
-    def _simpleenroll(self, entry: RequestLog) -> EncodedBody:
-        identity = self._authenticate_ra(entry)
-        return self._enroll(entry, identity)
+    def _simpleenroll(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        identity = self._authenticate_ra(entry, profile)
+        csr = self._read_csr()
+        cert = self._service.enroll(
+            csr, identity, "simpleenroll", label=profile.label, channel=_channel()
+        )
+        return _certificate(entry, cert, profile)
+
+    # RFC 7030 §4.2.2: the pump renews with its current certificate, or an RA on its behalf.
+    def _simplereenroll(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        identity, current = self._ra_auth.authenticate_renewal(_client_certificate_pem())
+        entry.identity = str(identity)
+        csr = self._read_csr()
+        cert = self._service.reenroll(
+            csr, identity, current=current, label=profile.label, channel=_channel()
+        )
+        return _certificate(entry, cert, profile)
+
+    # RFC 7030 §4.4: the appliance generates the key for a pump that cannot.
+    def _serverkeygen(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        identity = self._authenticate_ra(entry, profile)
+        csr = self._read_csr()
+        cert, key = self._service.serverkeygen(
+            csr, identity, label=profile.label, channel=_channel()
+        )
+        entry.serial = format(cert.serial_number, "x")
+        return encode_serverkeygen(cert, key, profile.response_format)
+
+    # RFC 7030 §4.5: what the CSR should contain; 204 when the profile asks for nothing.
+    def _csrattrs(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        if profile.csr_attributes is None:
+            return EncodedBody.no_content()
+        return encode_csr_attributes(profile.csr_attributes, profile.response_format)
+
+    # RFC 7030 §4.3: Full CMC is optional and not offered here.
+    def _fullcmc(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+        raise NotImplementedOperation(
+            "fullcmc (RFC 7030 §4.3) is not offered by this appliance; use simpleenroll, "
+            "simplereenroll or serverkeygen"
+        )
 
     # Enrollment with HTTP Basic (RFC 7030 §3.2.3), as the IQE gateway's password approach does.
-    def _bootstrap(self, entry: RequestLog) -> EncodedBody:
+    def _bootstrap(self, entry: RequestLog, profile: Profile) -> EncodedBody:
         identity = self._password_auth.authenticate(_header("Authorization"))
         entry.identity = str(identity)
-        return self._enroll(entry, identity)
+        csr = self._read_csr()
+        cert = self._service.enroll(
+            csr, identity, "bootstrap", label=profile.label, channel=_channel()
+        )
+        return _certificate(entry, cert, profile)
 
-    def _authenticate_ra(self, entry: RequestLog) -> Identity:
+    def _authenticate_ra(self, entry: RequestLog, profile: Profile) -> Identity:
         pem = _client_certificate_pem()
-        if pem is None and self._allow_basic and _header("Authorization"):
+        if pem is None and profile.allow_basic and _header("Authorization"):
             identity = self._password_auth.authenticate(_header("Authorization"))
         else:
             try:
                 identity = self._ra_auth.authenticate(pem)
             except Unauthorized as error:
-                if self._allow_basic:
+                if profile.allow_basic:
                     raise Unauthorized(
                         f"{error.message}, or HTTP Basic credentials",
                         realm=self._password_auth.realm,
@@ -162,13 +215,7 @@ class EstApplication:
         entry.identity = str(identity)
         return identity
 
-    def _enroll(self, entry: RequestLog, identity: Identity) -> EncodedBody:
-        csr = decode_csr(self._read_csr_body())
-        cert = self._service.enroll(csr, identity, entry.endpoint)
-        entry.serial = format(cert.serial_number, "x")
-        return encode_certs_only([cert], self._format)
-
-    def _read_csr_body(self) -> bytes:
+    def _read_csr(self) -> x509.CertificateSigningRequest:
         content_type = _header("Content-Type") or ""
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != CSR_MEDIA_TYPE:
@@ -177,7 +224,23 @@ class EstApplication:
                 f"'{media_type or 'nothing'}'; send the CSR with "
                 f"'Content-Type: {CSR_MEDIA_TYPE}'"
             )
-        return read_body(self._max_body)
+        return decode_csr(read_body(self._max_body))
+
+
+def _certificate(entry: RequestLog, cert: x509.Certificate, profile: Profile) -> EncodedBody:
+    entry.serial = format(cert.serial_number, "x")
+    return encode_certs_only([cert], profile.response_format)
+
+
+def _channel() -> Channel:
+    """The TLS facts PoP linking needs (RFC 7030 §3.5), from the TLS adapter's environ."""
+    environ = cherrypy.request.wsgi_environ
+    unique = environ.get("SSL_TLS_UNIQUE")
+    protocol = environ.get("SSL_PROTOCOL")
+    return Channel(
+        protocol=str(protocol) if protocol else None,
+        tls_unique=base64.b64decode(unique) if unique else None,
+    )
 
 
 def read_body(limit: int) -> bytes:
@@ -214,8 +277,11 @@ def _client_certificate_pem() -> str | None:
 
 
 def _respond(body: EncodedBody) -> bytes:
-    cherrypy.response.status = 200
+    cherrypy.response.status = body.status
     cherrypy.response.headers.update(body.headers())
+    if body.status == 204:
+        # RFC 9110 §8.6: a 204 carries no Content-Length; CherryPy's default text/html goes too.
+        cherrypy.response.headers.pop("Content-Type", None)
     return body.content
 
 
