@@ -50,6 +50,13 @@ class ServerConfig:
     # Connections one peer address may hold open; kept below thread_pool so that a single
     # misbehaving host cannot take every worker.
     max_connections_per_ip: int = 48
+    # Serving processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. One CPython
+    # process uses about one core (the GIL), so a 2-core host enrolls faster with 2. Each has
+    # its own thread pool, per-address connection count and password cache (docs/PERFORMANCE.md).
+    workers: int = 1
+    # Idle keep-alive connections one worker keeps open (cheroot's default, 10, closes the
+    # 11th gateway's persistent connection after every answer).
+    keepalive_connections: int = 1024
     max_body_bytes: int = 65536
     max_header_bytes: int = 16384
 
@@ -58,6 +65,8 @@ class ServerConfig:
         _check_range("server.socket_timeout", self.socket_timeout, 1, 600)
         _check_range("server.request_timeout", self.request_timeout, 1, 3600)
         _check_range("server.thread_pool", self.thread_pool, 1, 1024)
+        _check_range("server.workers", self.workers, 0, 64)
+        _check_range("server.keepalive_connections", self.keepalive_connections, 1, 100_000)
         _check_range("server.max_connections_per_ip", self.max_connections_per_ip, 1, 100_000)
         _check_range("server.max_body_bytes", self.max_body_bytes, 1024, 16 * 1024 * 1024)
         _check_range("server.max_header_bytes", self.max_header_bytes, 1024, 1024 * 1024)

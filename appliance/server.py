@@ -19,6 +19,7 @@ from appliance.service import EnrollmentService
 from appliance.tls import server_context
 from appliance.tls_adapter import register_adapter
 from appliance.web import EST_PREFIX, EstApplication, Root, error_page
+from appliance.workers import effective_workers, prepare_http_server, serve_workers
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,15 @@ def configure_cherrypy(appliance: Appliance) -> None:
     }
     cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config)
     cherrypy.tree.mount(Root(), "", app_config)
+    prepare_http_server(config.server)
 
 
 def serve(config: Config) -> None:
+    workers = effective_workers(config.server.workers)
+    if workers > 1:
+        # Several processes on the port: see workers.py and docs/PERFORMANCE.md.
+        serve_workers(config, workers, build_appliance, configure_cherrypy, announce_listening)
+        return
     appliance = build_appliance(config)
     configure_cherrypy(appliance)
     engine = cherrypy.engine
@@ -103,15 +110,21 @@ def serve(config: Config) -> None:
         engine.signal_handler.subscribe()
     engine.start()
     host, port = cherrypy.server.bound_addr[:2]
+    announce_listening(config, host, port)
+    try:
+        engine.block()
+    finally:
+        appliance.ledger.close()
+
+
+def announce_listening(config: Config, host: str, port: int) -> None:
+    """The one line tests and operators wait for: logged once, when every worker serves."""
     log.info(
-        "event=listening url=https://%s:%s%s/ format=%s ledger=%s",
+        "event=listening url=https://%s:%s%s/ format=%s ledger=%s workers=%d",
         host if ":" not in host else f"[{host}]",
         port,
         EST_PREFIX,
         config.gateway.response_format,
         config.ledger.path,
+        effective_workers(config.server.workers),
     )
-    try:
-        engine.block()
-    finally:
-        appliance.ledger.close()

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,18 +38,15 @@ class Lab:
 
 def make_lab(folder: Path, key_algorithm: str, *, workers: int, thread_pool: int) -> Lab:
     password = secrets.token_urlsafe(18)
-    config = {
-        "server": {
-            "host": "127.0.0.1",
-            "port": 0,
-            "workers": workers,
-            "thread_pool": thread_pool,
-        },
+    config: dict[str, dict[str, Any]] = {
+        "server": {"host": "127.0.0.1", "port": 0, "workers": workers},
         "pki": {"dir": "certs", "key_algorithm": key_algorithm},
         "auth": {"users": {USER: hash_password(password)}},
         "ledger": {"path": "var/ledger.db"},
         "logging": {"level": "INFO"},
     }
+    if thread_pool:
+        config["server"]["thread_pool"] = thread_pool
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -164,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES), help="keepalive,newconn,password")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="rsa-2048,ec-p256")
     p.add_argument("--workers", type=int, default=0, help="server.workers (0: one per core)")
-    p.add_argument("--thread-pool", type=int, default=16, help="server.thread_pool per worker")
+    p.add_argument(
+        "--thread-pool", type=int, default=0, help="server.thread_pool per worker (0: default)"
+    )
     p.add_argument(
         "--client-processes", type=int, default=0, help="load processes (0: one per core)"
     )

@@ -31,7 +31,11 @@ def test_every_write_is_visible_to_another_connection_when_run_returns(tmp_path:
         conn = _db(db)
         reader = _db(db)
         for k in range(base, base + 50):
-            group.run(conn, lambda c, k=k: c.execute("INSERT INTO t VALUES (?)", (k,)))
+
+            def insert(c: sqlite3.Connection, k: int = k) -> None:
+                c.execute("INSERT INTO t VALUES (?)", (k,))
+
+            group.run(conn, insert)
             if reader.execute("SELECT 1 FROM t WHERE k = ?", (k,)).fetchone() is None:
                 errors.append(f"{k} not committed when run() returned")
 
