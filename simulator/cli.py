@@ -1,7 +1,8 @@
 """`iqe-sim`: the IQE gateway and pump simulator on the command line.
 
-One function per subcommand (`_lab`, `_fleet`, `_enroll`, `_diagnose`, `_cacerts`, `_tree`),
-each registered in `_parser`; a new subcommand is one more `add_parser` block and function.
+One function per subcommand (`_lab`, `_fleet`, `_enroll`, `_renew`, `_diagnose`, `_cacerts`,
+`_tree`), each registered in `_parser`; a new subcommand is one more `add_parser` block
+and function.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from simulator.pkcs7 import EXPECTED_FORMATS
 from simulator.pki import KeyType, certs_pem, fingerprint, write_file
 from simulator.pump import Pump
 from simulator.radius import RadiusError, RadiusServer
+from simulator.renewal import renew_pump
 from simulator.report import Report, Summary
 from simulator.troubleshooting import TREE, EnrollmentError
 
@@ -116,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_enroll)
 
+    _add_renew_parser(sub)
+
     p = sub.add_parser(
         "diagnose",
         help="walk the troubleshooting tree against a live appliance",
@@ -138,6 +142,29 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tree", help="print the troubleshooting tree")
     p.set_defaults(func=_tree)
     return parser
+
+
+def _add_renew_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "renew",
+        help="renew an enrolled pump with its current certificate (simplereenroll)",
+        description="The pump in --pump (key.pem, cert.pem, ca.pem from `iqe-sim enroll`) "
+        "authenticates with its current certificate, asks /simplereenroll for a new one with "
+        "the same subject (RFC 7030 §4.2.2) and installs it; --rekey uses a new key.",
+    )
+    p.add_argument("--url", required=True, help="https://HOST:PORT of the appliance")
+    p.add_argument("--pump", type=Path, required=True, help="the pump's bundle folder")
+    p.add_argument("--ca-file", type=Path, help="CA to trust (default: the pump's ca.pem)")
+    p.add_argument("--label", help="CA label (RFC 7030 §3.2.2), if the appliance uses one")
+    p.add_argument("--format", choices=EXPECTED_FORMATS, default="auto")
+    p.add_argument("--rekey", action="store_true", help="make a new key (rekey, not renew)")
+    p.add_argument("--key-type", choices=[k.value for k in KeyType], default="rsa-2048")
+    p.add_argument(
+        "--eap-tls",
+        action="store_true",
+        help="then authenticate with the renewed certificate against a local FreeRADIUS",
+    )
+    p.set_defaults(func=_renew)
 
 
 def _gateway_options(p: argparse.ArgumentParser, *, credentials: bool = True) -> None:
@@ -305,6 +332,33 @@ def _enroll(args: argparse.Namespace) -> int:
             result = authenticate(pump, radius, explain=True)
         print(f"EAP-TLS: {result.summary()}")
         return 0 if result.accepted else 1
+
+
+def _renew(args: argparse.Namespace) -> int:
+    renewal = renew_pump(
+        args.url,
+        args.pump,
+        ca_file=args.ca_file,
+        rekey=args.rekey,
+        key_type=KeyType(args.key_type),
+        response_format=args.format,
+        label=args.label,
+    )
+    pump = renewal.pump
+    print(
+        f"{pump.serial}: {'rekeyed' if renewal.rekeyed else 'renewed'}, certificate "
+        f"{renewal.old_serial:x} replaced by {renewal.new_serial:x} in {pump.folder} "
+        f"({renewal.seconds * 1000:.0f} ms)"
+    )
+    if not args.eap_tls:
+        return 0
+    with (
+        tempfile.TemporaryDirectory(prefix="iqe-radius-") as tmp,
+        RadiusServer(args.ca_file or pump.ca_file, Path(tmp)) as radius,
+    ):
+        result = authenticate(pump, radius, explain=True)
+    print(f"EAP-TLS: {result.summary()}")
+    return 0 if result.accepted else 1
 
 
 def _diagnose(args: argparse.Namespace) -> int:
