@@ -92,9 +92,11 @@ def configure_cherrypy(appliance: Appliance) -> None:
             "tools.trailing_slash.on": False,
         }
     }
-    cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config)
-    cherrypy.tree.mount(Root(), "", app_config)
-    prepare_http_server(config.server)
+    apps = [
+        cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config),
+        cherrypy.tree.mount(Root(), "", app_config),
+    ]
+    prepare_http_server(config.server, apps)
 
 
 def serve(config: Config) -> None:
