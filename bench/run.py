@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     duration = args.duration or 5.0
     concurrency = [int(c) for c in (args.concurrency or "1,8,32").split(",")]
     modes: list[Mode] = [m for m in MODES if m in args.modes.split(",")]
+
     algorithms = [a for a in ALGORITHMS if a in args.algorithms.split(",")]
     cores = len(os.sched_getaffinity(0))
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="est-bench-"))
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     soak: Soak | None = None
     profile_text = ""
     try:
-        for algorithm in algorithms:
+        for algorithm in algorithms if modes else []:
             lab = make_lab(
                 folder / algorithm, algorithm, workers=args.workers, thread_pool=args.thread_pool
             )
@@ -317,10 +318,14 @@ def _profile(lab: Lab, args: argparse.Namespace, csrs: list[bytes]) -> str:
                 "--pid",
                 str(server.pid),
                 "--subprocesses",
+                # Only the thread holding the GIL: where the Python CPU goes (idle pool
+                # threads waiting for work would otherwise dominate every sample).
+                "--gil",
+                "--nonblocking",
                 "--format",
                 "raw",
                 "--rate",
-                "200",
+                "500",
                 "--duration",
                 str(round(args.profile)),
                 "--output",
