@@ -286,7 +286,17 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
+    # SQLite (the embedded default) at `path`, unless `dsn` names the PostgreSQL database a
+    # cluster of appliances shares (README "High availability").
     path: Path = Path("var/ledger.db")
+    dsn: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dsn and not self.dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "ledger.dsn: must be a PostgreSQL URI such as "
+                "postgresql://est@db.example:5432/est_ledger, or empty for SQLite"
+            )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from appliance.errors import ServiceUnavailable
+from appliance.errors import ApplianceError, ServiceUnavailable
 from appliance.group_commit import GroupCommit
 
 # Certificate statuses: valid until replaced (superseded) or revoked.
@@ -28,6 +30,11 @@ STATUSES = (VALID, SUPERSEDED, REVOKED)
 
 class DuplicateSerial(Exception):
     """The serial is already recorded; the caller signs again with a fresh one."""
+
+
+class LedgerError(ApplianceError):
+    """The ledger cannot be opened or upgraded (unreachable database, schema too old...);
+    the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,27 @@ class Ledger(Protocol):
 
     def mark_issued(self, approval_id: int, serial: str) -> None: ...
 
+    def restore_approval(self, approval: Approval) -> None:
+        """Insert `approval` as it is, id and state included (`est-appliance db import`);
+        later requests get ids above it."""
+
+    def schema_version(self) -> int:
+        """How many entries of the migration list this database has applied."""
+
+    def next_crl_number(self) -> int:
+        """Allocate the next CRL number (RFC 5280 §5.2.3: monotonically increasing), atomic
+        across threads, worker processes and appliance nodes sharing the database."""
+
+    def last_crl_number(self) -> int:
+        """The CRL number allocated last; 0 before the first CRL."""
+
+    def restore_crl_number(self, number: int) -> None:
+        """Raise the CRL counter to at least `number` (`est-appliance db import`)."""
+
+    def crl_generation(self) -> contextlib.AbstractContextManager[None]:
+        """Held while a CRL is numbered, signed and published, so that nodes (and workers)
+        generating at the same moment take turns instead of racing."""
+
     def close(self) -> None: ...
 
 
@@ -167,6 +195,13 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX approvals_state ON approvals(state);
     """,
+    # 4: the CRL number counter (RFC 5280 §5.2.3), one row, shared by every node (issue 9).
+    """
+    CREATE TABLE crl_counter (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        number INTEGER NOT NULL
+    );
+    """,
 )
 
 _COLUMNS = (
@@ -192,6 +227,7 @@ class SqliteLedger:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._group = GroupCommit(path.with_name(path.name + ".write-lock"), _unavailable)
+        self._crl_mutex = threading.Lock()
         self._migrate(self._connection())
 
     @property
@@ -227,6 +263,18 @@ class SqliteLedger:
 
     def schema_version(self) -> int:
         (version,) = self._connection().execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    @staticmethod
+    def stored_version(path: Path) -> int:
+        """The schema version of the file at `path` without migrating it; 0 if absent."""
+        if not path.exists():
+            return 0
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        finally:
+            conn.close()
         return int(version)
 
     def record_issuance(
@@ -370,6 +418,63 @@ class SqliteLedger:
         conn = self._connection()
         with self._write(conn):
             conn.execute("UPDATE approvals SET serial = ? WHERE id = ?", (serial, approval_id))
+
+    def restore_approval(self, approval: Approval) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                (
+                    approval.id,
+                    approval.fingerprint,
+                    approval.profile,
+                    approval.operation,
+                    approval.subject,
+                    approval.requester,
+                    approval.csr_der,
+                    approval.state.value,
+                    approval.created.isoformat(),
+                    _iso(approval.decided),
+                    approval.serial,
+                ),
+            )
+
+    def next_crl_number(self) -> int:
+        conn = self._connection()
+        with self._write(conn):
+            (number,) = conn.execute(
+                "INSERT INTO crl_counter (id, number) VALUES (1, 1) "
+                "ON CONFLICT (id) DO UPDATE SET number = crl_counter.number + 1 RETURNING number"
+            ).fetchone()
+        return int(number)
+
+    def last_crl_number(self) -> int:
+        row = self._connection().execute("SELECT number FROM crl_counter").fetchone()
+        return int(row[0]) if row else 0
+
+    def restore_crl_number(self, number: int) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "INSERT INTO crl_counter (id, number) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET number = MAX(number, excluded.number)",
+                (number,),
+            )
+
+    @contextlib.contextmanager
+    def crl_generation(self) -> Iterator[None]:
+        # Threads of this process queue on the mutex, worker processes on the flock.
+        with self._crl_mutex:
+            fd = os.open(
+                self._path.with_name(self._path.name + ".crl-lock"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
 
     def certificates(self, limit: int = 1000, offset: int = 0) -> list[IssuanceRecord]:
         rows = self._connection().execute(

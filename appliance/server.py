@@ -12,7 +12,8 @@ from appliance.clock import Clock, utc_now
 from appliance.config import Config
 from appliance.errors import PkiError
 from appliance.issuer import CaMaterial, public_keys_match
-from appliance.ledger import SqliteLedger
+from appliance.ledger import Ledger
+from appliance.ledger_factory import describe, open_ledger
 from appliance.pem_files import check_private_key_mode, load_certificate, load_private_key
 from appliance.profiles import build_profiles
 from appliance.service import EnrollmentService
@@ -29,14 +30,14 @@ class Appliance:
     config: Config
     service: EnrollmentService
     web: EstApplication
-    ledger: SqliteLedger
+    ledger: Ledger
 
 
 def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
     """Load and check all material; raises PkiError naming the file on any problem."""
     ca = CaMaterial.load(config.pki, clock())
     check_server_material(config)
-    ledger = SqliteLedger(config.ledger.path)
+    ledger = open_ledger(config.ledger)
     service = EnrollmentService(build_profiles(config, ca, clock), ledger, clock)
     web = EstApplication(
         service,
@@ -127,6 +128,6 @@ def announce_listening(config: Config, host: str, port: int) -> None:
         port,
         EST_PREFIX,
         config.gateway.response_format,
-        config.ledger.path,
+        describe(config.ledger),
         effective_workers(config.server.workers),
     )
