@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import requests
@@ -88,8 +89,12 @@ class Gateway:
         ra_key: Path | None = None,
         response_format: ExpectedFormat = "der",
         timeout: float = 15.0,
+        retries: int = 0,
     ) -> None:
         self.base = est_base(url)
+        # Like the IQE gateway: a request whose connection was refused or dropped (a node of a
+        # cluster restarting behind the balancer) is sent again, at most `retries` times.
+        self.retries = retries
         self.approach = Approach(approach)
         self.response_format: ExpectedFormat = response_format
         self.timeout = timeout
@@ -244,24 +249,44 @@ class Gateway:
     ) -> tuple[requests.Response, float]:
         url = f"{self.base}/{operation}"
         started = time.perf_counter()
-        try:
-            response = self._session().request(
-                method, url, data=data, headers=headers, timeout=self.timeout
-            )
-        except requests.exceptions.SSLError as exc:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._session().request(
+                    method, url, data=data, headers=headers, timeout=self.timeout
+                )
+                break
+            except requests.exceptions.RequestException as exc:
+                if attempt == self.retries or not _dropped(exc):
+                    return self._failed(exc, url)
+                log.warning(
+                    "event=retry operation=%s attempt=%d error=%s", operation, attempt + 1, exc
+                )
+                self._drop_session()
+                time.sleep(0.2 * (attempt + 1))
+        seconds = time.perf_counter() - started
+        if response.status_code != 200:
+            raise http_error(response, self.approach)
+        return response, seconds
+
+    def _drop_session(self) -> None:
+        """Forget this thread's keep-alive session: its connection died with the node."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def _failed(self, exc: requests.exceptions.RequestException, url: str) -> NoReturn:
+        if isinstance(exc, requests.exceptions.SSLError):
             raise _tls_error(exc, self) from None
-        except requests.exceptions.Timeout:
+        if isinstance(exc, requests.exceptions.Timeout):
             raise EnrollmentError(
                 Branch.CONNECT,
                 f"no answer from {url} within {self.timeout:.0f} s.",
                 FIXES[Branch.CONNECT],
             ) from None
-        except requests.exceptions.ConnectionError as exc:
+        if isinstance(exc, requests.exceptions.ConnectionError):
             raise _connection_error(exc, url, self) from None
-        seconds = time.perf_counter() - started
-        if response.status_code != 200:
-            raise http_error(response, self.approach)
-        return response, seconds
+        raise exc
 
     def _get_unverified(
         self, operation: str
@@ -385,3 +410,14 @@ def _normalize_fingerprint(value: str) -> str:
     if len(hexdigits) != 64 or any(c not in "0123456789ABCDEF" for c in hexdigits):
         raise ValueError(f"{value!r} is not a SHA-256 fingerprint (64 hex digits)")
     return ":".join(hexdigits[i : i + 2] for i in range(0, 64, 2))
+
+
+def _dropped(exc: requests.exceptions.RequestException) -> bool:
+    """A connection refused, reset or closed mid-request: worth sending again. Certificate
+    problems and timeouts are answers, not accidents."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return False
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc)
+        return "EOF" in text or "reset" in text.lower()
+    return isinstance(exc, requests.exceptions.ConnectionError)
