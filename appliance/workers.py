@@ -164,7 +164,12 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise WorkerError(
+                f"cannot listen on {host}:{port} (server.host/server.port): {exc.strerror}"
+            ) from None
         yield int(sock.getsockname()[1])
     finally:
         sock.close()

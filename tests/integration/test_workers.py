@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,16 @@ def test_workers_setting_is_validated(tmp_path: Path, value: int, ok: bool) -> N
     else:
         with pytest.raises(ConfigError, match=r"server\.workers: must be between 0 and 64"):
             parse_config(raw, base_dir=tmp_path)
+
+
+def test_a_port_in_use_is_one_clear_sentence(workers_lab: Lab) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve", "--config", str(workers_lab.config), "--port", str(port), check=False
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
