@@ -43,7 +43,7 @@ def build_profiles(config: Config, ca: CaMaterial, clock: Clock) -> Mapping[str,
             settings=settings,
             response_format=profile.response_format,
             allow_basic=profile.simpleenroll_allow_basic,
-            issuer=Issuer(ca, settings, clock),
+            issuer=Issuer(ca, settings, clock, crl_url=config.crl.distribution_url),
             checks=tuple(default_csr_policy(settings)),
             # A profile that links PoP must tell clients so (RFC 7030 §4.5.2 challengePassword).
             csr_attributes=csr_attributes_der(

@@ -10,8 +10,11 @@ from ruamel.yaml.comments import CommentedMap
 from appliance.errors import ConfigError
 
 
-def set_user_hash(config_path: Path, user: str, password_hash: str | None) -> None:
-    """Set (or with None, remove) one user's hash and write the file back atomically."""
+def set_user_hash(
+    config_path: Path, user: str, password_hash: str | None, *, section: str = "auth"
+) -> None:
+    """Set (or with None, remove) one user's hash in `<section>.users` (auth: EST bootstrap
+    users; admin: operators) and write the file back atomically."""
     yaml = YAML()
     yaml.preserve_quotes = True
     try:
@@ -20,15 +23,15 @@ def set_user_hash(config_path: Path, user: str, password_hash: str | None) -> No
         raise ConfigError(f"{config_path}: config file not found") from None
     if document is None:
         document = CommentedMap()
-    auth = document.get("auth")
+    auth = document.get(section)
     if auth is None:
-        auth = document["auth"] = CommentedMap()
+        auth = document[section] = CommentedMap()
     users = auth.get("users")
     if users is None:
         users = auth["users"] = CommentedMap()
     if password_hash is None:
         if user not in users:
-            raise ConfigError(f"{config_path}: auth.users has no user '{user}'")
+            raise ConfigError(f"{config_path}: {section}.users has no user '{user}'")
         del users[user]
     else:
         users[user] = password_hash

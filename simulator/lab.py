@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from appliance.auth import hash_password
 from appliance.clock import utc_now
 from appliance.config import load_config
 from appliance.pki_init import create_pki
-from simulator.appliance_process import ApplianceProcess, write_config
+from simulator.appliance_process import EST_APPLIANCE, ApplianceProcess, write_config
 from simulator.eapol import authenticate
 from simulator.fleet import Progress, PumpOutcome, run_fleet
 from simulator.gateway import Approach, Gateway
@@ -95,7 +96,8 @@ def _run(
     #    appliance only as an Argon2id hash.
     password = secrets.token_urlsafe(18)
     config = write_config(scratch / "appliance", users={LAB_USER: hash_password(password)})
-    pki = load_config(config).pki
+    loaded = load_config(config)
+    pki = loaded.pki
     create_pki(pki, utc_now)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     say(f"lab PKI in {pki.dir} (CA {ca_cert.subject.rfc4514_string()})")
@@ -103,12 +105,17 @@ def _run(
     stack.callback(appliance.stop)
     say(f"appliance listening on {appliance.url()}")
 
-    # 2. The access point's RADIUS server, its certificate from the same EST CA.
+    # 2. The access point's RADIUS server, its certificate from the same EST CA, checking
+    #    revocation (check_crl = yes) against the CRL file the appliance publishes.
     server_cert, server_key = issue_server_certificate(
         CaFiles(pki.ca_cert, pki.ca_key), scratch / "radius-cert"
     )
     radius = RadiusServer(
-        pki.ca_cert, scratch / "radius", server_cert=server_cert, server_key=server_key
+        pki.ca_cert,
+        scratch / "radius",
+        server_cert=server_cert,
+        server_key=server_key,
+        crl_files=[loaded.crl.path],
     )
     stack.enter_context(radius)
     say(f"FreeRADIUS (EAP-TLS) listening on {radius.host}:{radius.port}, pid {radius.pid}")
@@ -141,7 +148,12 @@ def _run(
         groups.append(Summary(approach.value, outcomes))
 
     # 4. Negative controls: both must be rejected by RADIUS.
-    controls = negative_controls(radius, [o for g in groups for o in g.outcomes], scratch)
+    outcomes = [o for g in groups for o in g.outcomes]
+    controls = negative_controls(radius, outcomes, scratch)
+    # 5. Revocation: one pump revoked with `est-appliance revoke` is rejected once RADIUS has
+    #    the new CRL, while another pump is still accepted.
+    say("revoking one pump through est-appliance revoke; RADIUS reloads the CRL")
+    controls.append(revocation_control(radius, outcomes, config))
     context: dict[str, object] = {
         "appliance_url": appliance.url(),
         "radius": f"{radius.host}:{radius.port}",
@@ -201,3 +213,35 @@ def negative_controls(
             )
         )
     return controls
+
+
+def revocation_control(
+    radius: RadiusServer, outcomes: Sequence[PumpOutcome], config: Path
+) -> NegativeControl:
+    """Revoke the last enrolled pump through the CLI, restart RADIUS with the new CRL: the
+    revoked pump must be rejected and another pump still accepted (else the control fails)."""
+    enrolled = [o.pump for o in outcomes if o.enrolled and o.pump is not None]
+    if len(enrolled) < 2:
+        return NegativeControl(
+            "revoked", "a revoked pump (not run: needs two enrolled pumps)", "-", True, "not run"
+        )
+    revoked, other = enrolled[-1], enrolled[0]
+    result = subprocess.run(
+        [*EST_APPLIANCE, "revoke", "--subject", revoked.serial, "--reason", "keyCompromise",
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        reason = f"est-appliance revoke failed: {result.stderr.strip()}"
+        return NegativeControl("revoked", f"pump {revoked.serial} revoked", "-", True, reason)
+    radius.restart()  # FreeRADIUS reads CRLs when it starts
+    verdict = authenticate(revoked, radius, explain=True)
+    control = authenticate(other, radius, explain=True)
+    description = (
+        f"pump {revoked.serial} revoked by est-appliance revoke (CRL reloaded); "
+        f"{other.serial} still {'accepted' if control.accepted else 'REJECTED'}"
+    )
+    reason = verdict.reason if control.accepted else f"control pump rejected: {control.reason}"
+    return NegativeControl(
+        "revoked", description, verdict.identity, verdict.accepted or not control.accepted, reason
+    )

@@ -61,13 +61,17 @@ def test_every_pump_enrolled_by_both_approaches_and_accepted(lab_run: LabRun) ->
 
 def test_negative_controls_rejected_with_their_reasons(lab_run: LabRun) -> None:
     report = lab_run.report
-    assert report["negative_controls_total"] == 2
-    assert report["negative_controls_rejected"] == 2
+    assert report["negative_controls_total"] == 3
+    assert report["negative_controls_rejected"] == 3
     controls = {c["name"]: c for c in report["negative_controls"]}  # type: ignore[attr-defined]
     assert controls["foreign-ca"]["accepted"] is False
     assert "issuer" in controls["foreign-ca"]["reason"]
     assert controls["identity-mismatch"]["accepted"] is False
     assert "does not match" in controls["identity-mismatch"]["reason"]
+    # Revocation (issue 6): the pump revoked through the CLI is refused, another still joins.
+    assert controls["revoked"]["accepted"] is False
+    assert "revoked" in controls["revoked"]["reason"]
+    assert "still accepted" in controls["revoked"]["description"]
 
 
 def test_installed_bundles_verify_with_openssl(lab_run: LabRun) -> None:
