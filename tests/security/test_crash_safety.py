@@ -97,6 +97,12 @@ def test_kill_9_under_load_loses_no_issued_certificate(tmp_path: Path) -> None:
     missing = set(received) - set(serials)
     assert not missing, f"{len(missing)} certificates reached clients but not the ledger"
     assert len(received) == len(set(received)), "a client received the same serial twice"
+    # The figures docs/SECURITY.md quotes (run with -s).
+    print(
+        f"crash safety: {ROUNDS} kill -9 rounds, {CLIENTS} clients, {len(received)} certificates "
+        f"received, {len(serials)} in the ledger, 0 missing, 0 duplicate serials, "
+        "integrity_check ok"
+    )
 
     appliance = start_appliance(lab)
     try:
