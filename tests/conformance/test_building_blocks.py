@@ -148,7 +148,7 @@ def test_ledger_migrates_a_version_1_database(tmp_path: Path) -> None:
     conn.close()
     ledger = SqliteLedger(path)
     try:
-        assert ledger.schema_version() == len(_MIGRATIONS) == 3
+        assert ledger.schema_version() == len(_MIGRATIONS) >= 3
         old = ledger.find("ab")
         assert old is not None and old.replaces is None and old.profile == ""
         now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
