@@ -30,6 +30,9 @@ class EstError(ApplianceError):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        # True once the raiser wrote the audit record itself (with more detail than the web
+        # layer has), so the failure is not recorded twice.
+        self.audited = False
 
     def headers(self) -> dict[str, str]:
         """Extra response headers this error requires."""
@@ -104,6 +107,14 @@ class PayloadTooLarge(EstError):
 class UnsupportedMediaType(EstError):
     status = 415
     reason = "unsupported_media_type"
+
+
+class TooManyRequests(EstError):
+    """RFC 6585 §4: too many failed attempts from this address (or for this user); the
+    `Retry-After` header says when to try again."""
+
+    status = 429
+    reason = "too_many_requests"
 
 
 class NotImplementedOperation(EstError):

@@ -17,6 +17,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 
 from appliance.config import EnrollmentConfig
 from appliance.errors import BadRequest, Forbidden
+from appliance.issuer import CertificateRequest
 
 CsrCheck = Callable[[x509.CertificateSigningRequest], None]
 
@@ -73,9 +74,7 @@ def default_csr_policy(profile: EnrollmentConfig) -> Sequence[CsrCheck]:
     return (key_strength(profile), subject_has_common_name)
 
 
-def same_subject_and_san(
-    csr: x509.CertificateSigningRequest, current: x509.Certificate, *, whose: str
-) -> None:
+def same_subject_and_san(csr: CertificateRequest, current: x509.Certificate, *, whose: str) -> None:
     """RFC 7030 §4.2.2: a reenroll CSR's Subject and SubjectAltName MUST be identical to
     those of the certificate being renewed or rekeyed; the 403 names the difference."""
     if csr.subject != current.subject:

@@ -17,12 +17,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.approvals import ApprovalGate
 from appliance.clock import Clock
+from appliance.csr_policy import VettedRequest, vet
 from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.identity import Identity
+from appliance.issuer import CertificateRequest
 from appliance.keys import SigningKey, generate_key
 from appliance.ledger import REVOKED, SUPERSEDED, VALID, DuplicateSerial, IssuanceRecord, Ledger
 from appliance.policy import Channel, pop_linked, same_subject_and_san, subject_has_common_name
 from appliance.profiles import DEFAULT_LABEL, Profile
+from appliance.ra_scope import RaScopes
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,16 @@ class _Plan:
 
 
 class EnrollmentService:
-    def __init__(self, profiles: Mapping[str, Profile], ledger: Ledger, clock: Clock) -> None:
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        ledger: Ledger,
+        clock: Clock,
+        scopes: RaScopes | None = None,
+    ) -> None:
         if DEFAULT_LABEL not in profiles:
             raise ValueError("the default profile is required")
+        self._scopes = scopes or RaScopes({})
         self._profiles = dict(profiles)
         self._ledger = ledger
         self._clock = clock
@@ -78,11 +88,13 @@ class EnrollmentService:
         """RFC 7030 §4.2.1 simpleenroll (and the password bootstrap)."""
         profile = self.profile(label)
         self._check(profile, csr, channel, check_key=True)
+        self._scopes.check(identity, label=profile.label, operation="simpleenroll", csr=csr)
+        request = _vet(profile, csr)
         previous = self._issued_before(profile, endpoint, csr)
         if previous is not None:
             return previous
-        plan = self._duplicate_policy(profile, csr, _Plan(endpoint))
-        return self._issue(profile, csr, identity, plan)
+        plan = self._duplicate_policy(profile, request, _Plan(endpoint))
+        return self._issue(profile, csr, request, identity, plan)
 
     def reenroll(
         self,
@@ -98,16 +110,19 @@ class EnrollmentService:
         asks on the pump's behalf."""
         profile = self.profile(label)
         self._check(profile, csr, channel, check_key=True)
+        if current is None:  # an RA on the pump's behalf; a pump's own certificate is not scoped
+            self._scopes.check(identity, label=profile.label, operation="simplereenroll", csr=csr)
+        request = _vet(profile, csr)
         previous = self._issued_before(profile, "simplereenroll", csr)
         if previous is not None:
             return previous
-        replaced = self._renewable(profile, csr, current)
+        replaced = self._renewable(profile, request, current)
         old_key = x509.load_der_x509_certificate(replaced.der).public_key()
         kind = "renew" if _spki(old_key) == _spki(csr.public_key()) else "rekey"
         plan = _Plan(
             "simplereenroll", replaces=replaced.serial, retire=(replaced.serial,), kind=kind
         )
-        return self._issue(profile, csr, identity, plan)
+        return self._issue(profile, csr, request, identity, plan)
 
     def serverkeygen(
         self,
@@ -122,6 +137,8 @@ class EnrollmentService:
         is returned to the caller and neither recorded nor logged."""
         profile = self.profile(label)
         self._check(profile, csr, channel, check_key=False)
+        self._scopes.check(identity, label=profile.label, operation="serverkeygen", csr=csr)
+        request = _vet(profile, csr)
         if profile.settings.manual_approval:
             approval = self._approvals.previous(profile.label, "serverkeygen", csr)
             if approval is not None and approval.serial is not None:
@@ -131,9 +148,11 @@ class EnrollmentService:
                 )
         key = generate_key(profile.settings.serverkeygen_key)
         plan = self._duplicate_policy(
-            profile, csr, _Plan("serverkeygen", public_key=key.public_key(), kind="serverkeygen")
+            profile,
+            request,
+            _Plan("serverkeygen", public_key=key.public_key(), kind="serverkeygen"),
         )
-        return self._issue(profile, csr, identity, plan), key
+        return self._issue(profile, csr, request, identity, plan), key
 
     def _check(
         self,
@@ -168,7 +187,7 @@ class EnrollmentService:
     def _renewable(
         self,
         profile: Profile,
-        csr: x509.CertificateSigningRequest,
+        csr: CertificateRequest,
         current: x509.Certificate | None,
     ) -> IssuanceRecord:
         """The ledger record of the certificate a reenroll replaces (RFC 7030 §4.2.2)."""
@@ -211,9 +230,7 @@ class EnrollmentService:
         )
         return record
 
-    def _duplicate_policy(
-        self, profile: Profile, csr: x509.CertificateSigningRequest, plan: _Plan
-    ) -> _Plan:
+    def _duplicate_policy(self, profile: Profile, csr: CertificateRequest, plan: _Plan) -> _Plan:
         policy = profile.settings.duplicate_subject
         if policy == "allow":
             return plan
@@ -238,6 +255,7 @@ class EnrollmentService:
         self,
         profile: Profile,
         csr: x509.CertificateSigningRequest,
+        request: VettedRequest,
         identity: Identity,
         plan: _Plan,
     ) -> x509.Certificate:
@@ -253,7 +271,7 @@ class EnrollmentService:
             )
         retire_as = REVOKED if profile.settings.revoke_superseded else SUPERSEDED
         for _attempt in range(_SERIAL_ATTEMPTS):
-            cert = profile.issuer.issue_pump_certificate(csr, plan.public_key)
+            cert = profile.issuer.issue_pump_certificate(request, plan.public_key)
             record = self._record(cert, identity, plan, profile)
             try:
                 self._ledger.record_issuance(record, retire=plan.retire, retire_as=retire_as)
@@ -291,6 +309,12 @@ class EnrollmentService:
             replaces=plan.replaces,
             profile=profile.label,
         )
+
+
+def _vet(profile: Profile, csr: x509.CertificateSigningRequest) -> VettedRequest:
+    """The CSR as the profile's csr_policy lets it through (csr_policy.py)."""
+    rule = f"profiles.{profile.label}.enrollment" if profile.label else "enrollment"
+    return vet(csr, profile.settings.csr_policy, rule=f"{rule}.csr_policy")
 
 
 def _spki(key: CertificatePublicKeyTypes) -> bytes:
