@@ -68,8 +68,26 @@ class RaCertificateAuth:
     """An RA is a client certificate that chains to our CA (checked by TLS) *and* carries
     id-kp-cmcRA or is listed by fingerprint. Pump certificates carry clientAuth only: 403."""
 
-    def __init__(self, ra_fingerprints: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        ra_fingerprints: tuple[str, ...],
+        revoked: Callable[[str], bool] | None = None,
+    ) -> None:
         self._fingerprints = frozenset(ra_fingerprints)
+        # serial (lower-case hex) -> revoked? Asked on every request: TLS does not check
+        # revocation, and a revoked RA must stop working at once, not at the next CRL.
+        self._revoked = revoked or (lambda _serial: False)
+
+    def _refuse_revoked(self, client: ClientCertificate) -> None:
+        serial = format(client.cert.serial_number, "x")
+        if self._revoked(serial):
+            log.warning(
+                "event=auth_failure method=client-certificate reason=revoked serial=%s", serial
+            )
+            raise Forbidden(
+                f"client certificate '{client.subject}' (serial {serial}) has been revoked; "
+                "ask the appliance's operator for a new one"
+            )
 
     def authenticate(self, client_cert_pem: str | None) -> Identity:
         if not client_cert_pem:
@@ -81,6 +99,7 @@ class RaCertificateAuth:
             client = parse_client_certificate(client_cert_pem)
         except ValueError:
             raise Unauthorized("the TLS client certificate could not be read") from None
+        self._refuse_revoked(client)
         if not (client.is_ra_by_eku or client.fingerprint in self._fingerprints):
             raise Forbidden(
                 f"client certificate '{client.subject}' is not authorized as a registration "
@@ -106,6 +125,7 @@ class RaCertificateAuth:
             raise Unauthorized("the TLS client certificate could not be read") from None
         identity = Identity(client.subject, AuthMethod.CLIENT_CERTIFICATE, client.fingerprint)
         if client.is_ra_by_eku or client.fingerprint in self._fingerprints:
+            self._refuse_revoked(client)
             return identity, None
         return identity, client.cert
 

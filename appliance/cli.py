@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from appliance import __version__
 from appliance.approvals import ApprovalGate
 from appliance.auth import hash_password
+from appliance.cli_lifecycle import with_lifecycle_commands
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
@@ -119,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("file", type=Path)
     d.set_defaults(func=_db_import)
 
-    return parser
+    # Revocation, CRL, expiring, backup/restore, operators (issue 6).
+    return with_lifecycle_commands(parser, command)
 
 
 def _configure_logging(config: Config) -> None:

@@ -305,6 +305,84 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class CrlConfig:
+    """The CRL the CA signs (RFC 5280 §5) for RADIUS servers and for GET /crl."""
+
+    # Where the PEM CRL is written for RADIUS servers; the DER copy sits beside it (`.der`).
+    path: Path = Path("var/crl/ca-crl.pem")
+    # nextUpdate - thisUpdate (RFC 5280 §5.1.2.5): how long a RADIUS server may trust one CRL.
+    validity_hours: int = 24
+    # Sign a new CRL this long before nextUpdate, so a fresh one is always there to fetch.
+    refresh_before_hours: int = 6
+    # How often each serving process checks whether the CRL is due (seconds).
+    check_interval_seconds: int = 60
+    # Put into issued certificates as their CRL Distribution Point (RFC 5280 §4.2.1.13);
+    # empty: no CDP extension.
+    distribution_url: str = ""
+
+    def __post_init__(self) -> None:
+        _check_range("crl.validity_hours", self.validity_hours, 1, 24 * 366)
+        _check_range("crl.refresh_before_hours", self.refresh_before_hours, 0, 24 * 365)
+        _check_range("crl.check_interval_seconds", self.check_interval_seconds, 1, 86400)
+        if self.refresh_before_hours >= self.validity_hours:
+            raise ConfigError(
+                f"crl.refresh_before_hours: must be below crl.validity_hours "
+                f"({self.validity_hours}), got {self.refresh_before_hours}"
+            )
+        url = self.distribution_url
+        if url and (not re.fullmatch(r"https?://[^\s]+", url)):
+            raise ConfigError(f"crl.distribution_url: must be an http(s) URL, got {url!r}")
+
+    @property
+    def der_path(self) -> Path:
+        return self.path.with_suffix(".der")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Who may use /api/ and /dashboard/: never the RA, a pump or an EST bootstrap user."""
+
+    # user name -> Argon2id hash, written by `est-appliance admin-passwd USER`.
+    users: Mapping[str, str] = field(default_factory=dict)
+    # SHA-256 fingerprints of admin TLS client certificates (issued by our CA).
+    cert_fingerprints: tuple[str, ...] = ()
+    # Dashboard sessions end after this long without a request, and at most after 12 hours.
+    session_idle_minutes: int = 30
+
+    def __post_init__(self) -> None:
+        _check_range("admin.session_idle_minutes", self.session_idle_minutes, 1, 720)
+        normalized = []
+        for fp in self.cert_fingerprints:
+            hexfp = fp.replace(":", "").lower()
+            if len(hexfp) != 64 or any(c not in "0123456789abcdef" for c in hexfp):
+                raise ConfigError(
+                    f"admin.cert_fingerprints: {fp!r} is not a SHA-256 fingerprint (64 hex digits)"
+                )
+            normalized.append(hexfp)
+        object.__setattr__(self, "cert_fingerprints", tuple(normalized))
+        for user, hashed in self.users.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+                raise ConfigError(
+                    f"admin.users: user name {user!r} must be 1-64 letters, digits, '_.@-'"
+                )
+            if not hashed.startswith("$argon2"):
+                raise ConfigError(
+                    f"admin.users.{user}: not an Argon2 hash; set it with "
+                    f"`est-appliance admin-passwd {user}` (plain passwords are never stored)"
+                )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """GET /metrics (Prometheus text format)."""
+
+    enabled: bool = True
+    # prometheus-client's multiprocess mode: every worker process writes its counters here and
+    # /metrics sums them, whichever worker answers. Emptied when the appliance starts.
+    dir: Path = Path("var/metrics")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     pki: PkiConfig = field(default_factory=PkiConfig)
@@ -313,6 +391,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    crl: CrlConfig = field(default_factory=CrlConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # CA label -> profile; the bare path is the default profile built from the keys above.
     profiles: Mapping[str, ProfileConfig] = field(default_factory=dict)
     source: Path | None = None
@@ -326,6 +407,19 @@ class Config:
                 )
             if label in EST_OPERATIONS:
                 raise ConfigError(f"profiles.{label}: an EST operation name cannot be a label")
+        # The device API must never accept an enrollment credential (issue 6).
+        for user in self.admin.users:
+            if user in self.auth.users:
+                raise ConfigError(
+                    f"admin.users.{user}: also an EST bootstrap user in auth.users; give "
+                    "operators their own user names"
+                )
+        for fp in self.admin.cert_fingerprints:
+            if fp in self.auth.ra_fingerprints:
+                raise ConfigError(
+                    f"admin.cert_fingerprints: {fp} is also an RA in auth.ra_fingerprints; "
+                    "an RA certificate can never administer the appliance"
+                )
 
     def default_profile(self) -> ProfileConfig:
         """The bare /.well-known/est/<operation> path: today's top-level keys."""

@@ -179,8 +179,25 @@ def build_ra_cert(
 class Issuer:
     """Signs pump (EAP-TLS client) certificates with the CA key."""
 
-    def __init__(self, ca: CaMaterial, profile: EnrollmentConfig, clock: Clock) -> None:
+    def __init__(
+        self, ca: CaMaterial, profile: EnrollmentConfig, clock: Clock, crl_url: str = ""
+    ) -> None:
         self._ca = ca
+        # RFC 5280 §4.2.1.13: where relying parties fetch the CRL (crl.distribution_url).
+        self._cdp = (
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(crl_url)],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            )
+            if crl_url
+            else None
+        )
         self._profile = profile
         self._clock = clock
         self._hash = signature_hash(ca.key)
@@ -210,6 +227,8 @@ class Issuer:
         san = requested_san(csr)
         if san is not None:
             builder = builder.add_extension(san, critical=False)
+        if self._cdp is not None:
+            builder = builder.add_extension(self._cdp, critical=False)
         return (
             builder.add_extension(
                 _key_usage(digital_signature=True, key_encipherment=_is_rsa(public_key)),

@@ -90,6 +90,60 @@ class Approval:
     serial: str | None  # set once the approved request was issued
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked certificate as the CRL lists it (RFC 5280 §5.3.1 reason names)."""
+
+    serial: str
+    subject: str
+    revoked_at: dt.datetime
+    reason: str  # RFC 5280 reason name (keyCompromise...), 'unspecified' when none was given
+    revoked_by: str
+    not_after: dt.datetime
+
+
+# Device states the operator filters by (issue 6); `expiring` is valid but ending soon.
+DEVICE_STATES = ("valid", "expiring", "expired", "superseded", "revoked")
+
+
+@dataclass(frozen=True)
+class CertificateQuery:
+    """A page of certificates: a text search over subject and serial, an optional state."""
+
+    now: dt.datetime
+    expiring_before: dt.datetime  # valid certificates ending before this are `expiring`
+    text: str = ""
+    state: str | None = None  # one of DEVICE_STATES
+    latest_per_subject: bool = True  # one row per device: its newest certificate
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth showing an operator later: an enrollment failure with its reason."""
+
+    at: dt.datetime
+    kind: str  # 'failure'
+    operation: str
+    reason: str  # short code (EstError.reason)
+    detail: str  # the sentence the client got
+    requester: str
+    peer: str
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A dashboard login; only a hash of the cookie's token is stored."""
+
+    token_hash: str
+    username: str
+    csrf: str
+    created: dt.datetime
+    last_seen: dt.datetime
+    expires: dt.datetime
+
+
 class Ledger(Protocol):
     def record_issuance(
         self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
@@ -147,6 +201,61 @@ class Ledger(Protocol):
         """Held while a CRL is numbered, signed and published, so that nodes (and workers)
         generating at the same moment take turns instead of racing."""
 
+    def revoke(
+        self, serial: str, reason: str, at: dt.datetime, actor: str
+    ) -> IssuanceRecord | None:
+        """Mark a certificate revoked with its RFC 5280 reason name and who did it; a
+        certificate already revoked keeps its first date and reason. None: unknown serial."""
+
+    def revocations(self, now: dt.datetime) -> Sequence[Revocation]:
+        """Revoked certificates not yet expired at `now` (what a CRL must list), by serial."""
+
+    def revocation(self, serial: str) -> Revocation | None:
+        """The revocation of one certificate, None if it is not revoked."""
+
+    def search_certificates(self, query: CertificateQuery) -> tuple[Sequence[IssuanceRecord], int]:
+        """One page of certificates matching `query`, newest first, and the total matching."""
+
+    def state_counts(
+        self, now: dt.datetime, expiring_before: dt.datetime, *, latest_per_subject: bool
+    ) -> dict[str, int]:
+        """How many certificates (or devices, by their newest certificate) are in each of
+        DEVICE_STATES."""
+
+    def subject_history(self, subject: str) -> Sequence[IssuanceRecord]:
+        """Every certificate ever issued for `subject`, oldest first."""
+
+    def issuance_counts(self, since: dt.datetime, bucket_chars: int) -> Sequence[tuple[str, int]]:
+        """Certificates issued since `since`, counted per bucket: the first `bucket_chars`
+        characters of the ISO issue time (13: per hour, 10: per day), oldest first."""
+
+    def record_events(self, events: Sequence[Event]) -> None:
+        """Store events in one transaction."""
+
+    def recent_events(self, kind: str, limit: int) -> Sequence[Event]:
+        """The newest events of a kind, newest first."""
+
+    def event_counts(
+        self, kind: str, since: dt.datetime, bucket_chars: int
+    ) -> Sequence[tuple[str, str, int]]:
+        """(bucket, reason, count) of events of a kind since `since`, oldest bucket first."""
+
+    def prune_events(self, before: dt.datetime) -> int:
+        """Delete events older than `before`; returns how many."""
+
+    def create_session(self, session: AdminSession) -> None:
+        """Store a dashboard session."""
+
+    def find_session(self, token_hash: str) -> AdminSession | None: ...
+
+    def touch_session(self, token_hash: str, last_seen: dt.datetime) -> None:
+        """Record activity on a session (idle timeout)."""
+
+    def delete_session(self, token_hash: str) -> None: ...
+
+    def prune_sessions(self, now: dt.datetime) -> int:
+        """Delete sessions past their absolute expiry; returns how many."""
+
     def close(self) -> None: ...
 
 
@@ -200,6 +309,32 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE crl_counter (
         id     INTEGER PRIMARY KEY CHECK (id = 1),
         number INTEGER NOT NULL
+    );
+    """,
+    # 5: revocation (issue 6): the RFC 5280 reason and who revoked; enrollment failures for the
+    # operator's statistics; dashboard sessions shared by every worker and node.
+    """
+    ALTER TABLE certificates ADD COLUMN revocation_reason TEXT;
+    ALTER TABLE certificates ADD COLUMN revoked_by TEXT;
+    CREATE INDEX certificates_status ON certificates(status);
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        peer      TEXT NOT NULL
+    );
+    CREATE INDEX events_kind_at ON events(kind, at);
+    CREATE TABLE admin_sessions (
+        token_hash TEXT PRIMARY KEY,
+        username   TEXT NOT NULL,
+        csrf       TEXT NOT NULL,
+        created    TEXT NOT NULL,
+        last_seen  TEXT NOT NULL,
+        expires    TEXT NOT NULL
     );
     """,
 )
@@ -493,6 +628,193 @@ class SqliteLedger:
         (total,) = self._connection().execute("SELECT COUNT(*) FROM certificates").fetchone()
         return int(total)
 
+    def revoke(
+        self, serial: str, reason: str, at: dt.datetime, actor: str
+    ) -> IssuanceRecord | None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "UPDATE certificates SET status = ?, status_changed_at = ?, "
+                "revocation_reason = ?, revoked_by = ? WHERE serial = ? AND status <> ?",
+                (REVOKED, at.isoformat(), reason, actor, serial.lower(), REVOKED),
+            )
+        return self.find(serial)
+
+    def revocations(self, now: dt.datetime) -> list[Revocation]:
+        rows = self._connection().execute(
+            _SELECT_REVOCATION + " WHERE status = ? AND not_after > ? ORDER BY serial",
+            (REVOKED, now.isoformat()),
+        )
+        return [_revocation(row) for row in rows]
+
+    def revocation(self, serial: str) -> Revocation | None:
+        row = (
+            self._connection()
+            .execute(
+                _SELECT_REVOCATION + " WHERE status = ? AND serial = ?", (REVOKED, serial.lower())
+            )
+            .fetchone()
+        )
+        return _revocation(row) if row else None
+
+    def search_certificates(self, query: CertificateQuery) -> tuple[list[IssuanceRecord], int]:
+        where, params = _certificate_filter(query)
+        conn = self._connection()
+        count_sql = "SELECT COUNT(*) FROM certificates c WHERE " + where  # noqa: S608 - placeholders
+        (total,) = conn.execute(count_sql, params).fetchone()
+        rows = conn.execute(
+            _SELECT_C + " WHERE " + where + " ORDER BY c.issued_at DESC, c.serial LIMIT ? OFFSET ?",
+            (*params, query.limit, query.offset),
+        )
+        return [_record(row) for row in rows], int(total)
+
+    def state_counts(
+        self, now: dt.datetime, expiring_before: dt.datetime, *, latest_per_subject: bool
+    ) -> dict[str, int]:
+        counts = {}
+        for state in DEVICE_STATES:
+            query = CertificateQuery(
+                now=now,
+                expiring_before=expiring_before,
+                state=state,
+                latest_per_subject=latest_per_subject,
+            )
+            where, params = _certificate_filter(query)
+            sql = "SELECT COUNT(*) FROM certificates c WHERE " + where  # noqa: S608 - placeholders
+            (total,) = self._connection().execute(sql, params).fetchone()
+            counts[state] = int(total)
+        return counts
+
+    def subject_history(self, subject: str) -> list[IssuanceRecord]:
+        rows = self._connection().execute(
+            _SELECT + " WHERE subject = ? ORDER BY issued_at, serial", (subject,)
+        )
+        return [_record(row) for row in rows]
+
+    def issuance_counts(self, since: dt.datetime, bucket_chars: int) -> list[tuple[str, int]]:
+        rows = self._connection().execute(
+            "SELECT SUBSTR(issued_at, 1, ?) AS bucket, COUNT(*) FROM certificates "
+            "WHERE issued_at >= ? GROUP BY bucket ORDER BY bucket",
+            (bucket_chars, since.isoformat()),
+        )
+        return [(str(bucket), int(count)) for bucket, count in rows]
+
+    def record_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        conn = self._connection()
+        with self._write(conn):
+            conn.executemany(
+                "INSERT INTO events (at, kind, operation, reason, detail, requester, peer) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        e.at.isoformat(),
+                        e.kind,
+                        e.operation,
+                        e.reason,
+                        e.detail,
+                        e.requester,
+                        e.peer,
+                    )
+                    for e in events
+                ],
+            )
+
+    def recent_events(self, kind: str, limit: int) -> list[Event]:
+        rows = self._connection().execute(
+            "SELECT at, kind, operation, reason, detail, requester, peer FROM events "
+            "WHERE kind = ? ORDER BY at DESC, id DESC LIMIT ?",
+            (kind, limit),
+        )
+        return [
+            Event(
+                at=dt.datetime.fromisoformat(str(at)),
+                kind=str(k),
+                operation=str(op),
+                reason=str(reason),
+                detail=str(detail),
+                requester=str(requester),
+                peer=str(peer),
+            )
+            for at, k, op, reason, detail, requester, peer in rows
+        ]
+
+    def event_counts(
+        self, kind: str, since: dt.datetime, bucket_chars: int
+    ) -> list[tuple[str, str, int]]:
+        rows = self._connection().execute(
+            "SELECT SUBSTR(at, 1, ?) AS bucket, reason, COUNT(*) FROM events "
+            "WHERE kind = ? AND at >= ? GROUP BY bucket, reason ORDER BY bucket, reason",
+            (bucket_chars, kind, since.isoformat()),
+        )
+        return [(str(bucket), str(reason), int(count)) for bucket, reason, count in rows]
+
+    def prune_events(self, before: dt.datetime) -> int:
+        conn = self._connection()
+        with self._write(conn):
+            cursor = conn.execute("DELETE FROM events WHERE at < ?", (before.isoformat(),))
+        return cursor.rowcount
+
+    def create_session(self, session: AdminSession) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "INSERT INTO admin_sessions (token_hash, username, csrf, created, last_seen, "
+                "expires) VALUES (?,?,?,?,?,?)",
+                (
+                    session.token_hash,
+                    session.username,
+                    session.csrf,
+                    session.created.isoformat(),
+                    session.last_seen.isoformat(),
+                    session.expires.isoformat(),
+                ),
+            )
+
+    def find_session(self, token_hash: str) -> AdminSession | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT token_hash, username, csrf, created, last_seen, expires "
+                "FROM admin_sessions WHERE token_hash = ?",
+                (token_hash,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        token, username, csrf, created, last_seen, expires = row
+        return AdminSession(
+            token_hash=str(token),
+            username=str(username),
+            csrf=str(csrf),
+            created=dt.datetime.fromisoformat(str(created)),
+            last_seen=dt.datetime.fromisoformat(str(last_seen)),
+            expires=dt.datetime.fromisoformat(str(expires)),
+        )
+
+    def touch_session(self, token_hash: str, last_seen: dt.datetime) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "UPDATE admin_sessions SET last_seen = ? WHERE token_hash = ?",
+                (last_seen.isoformat(), token_hash),
+            )
+
+    def delete_session(self, token_hash: str) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,))
+
+    def prune_sessions(self, now: dt.datetime) -> int:
+        conn = self._connection()
+        with self._write(conn):
+            cursor = conn.execute(
+                "DELETE FROM admin_sessions WHERE expires < ?", (now.isoformat(),)
+            )
+        return cursor.rowcount
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
@@ -579,4 +901,65 @@ def _iso(value: dt.datetime | None) -> str | None:
 def _unavailable() -> ServiceUnavailable:
     return ServiceUnavailable(
         "the certificate ledger is busy or unavailable; try again shortly", retry_after=5
+    )
+
+
+# Revocations and device queries (issue 6). `c` aliases the certificates table so the
+# newest-per-subject condition can refer to the outer row; plain SQL, PostgreSQL runs it too.
+_SELECT_C = (
+    "SELECT "  # noqa: S608 - constant column list
+    + ", ".join("c." + c.strip() for c in _COLUMNS.split(","))
+    + " FROM certificates c"
+)
+_SELECT_REVOCATION = (
+    "SELECT serial, subject, status_changed_at, revocation_reason, revoked_by, not_after "
+    "FROM certificates"
+)
+_NEWEST_OF_SUBJECT = (
+    "NOT EXISTS (SELECT 1 FROM certificates n WHERE n.subject = c.subject AND "
+    "(n.issued_at > c.issued_at OR (n.issued_at = c.issued_at AND n.serial > c.serial)))"
+)
+
+
+def _certificate_filter(query: CertificateQuery) -> tuple[str, tuple[object, ...]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if query.latest_per_subject:
+        clauses.append(_NEWEST_OF_SUBJECT)
+    text = query.text.strip().lower()
+    if text:
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("(LOWER(c.subject) LIKE ? ESCAPE '\\' OR c.serial LIKE ? ESCAPE '\\')")
+        params += [f"%{escaped}%", f"{escaped.replace(':', '')}%"]
+    now, soon = query.now.isoformat(), query.expiring_before.isoformat()
+    state = query.state
+    if state is not None:
+        if state not in DEVICE_STATES:
+            raise ValueError(f"unknown state {state!r}; known: {', '.join(DEVICE_STATES)}")
+        if state == "valid":
+            clauses.append("c.status = ? AND c.not_after > ?")
+            params += [VALID, soon]
+        elif state == "expiring":
+            clauses.append("c.status = ? AND c.not_after > ? AND c.not_after <= ?")
+            params += [VALID, now, soon]
+        elif state == "expired":
+            clauses.append("c.status = ? AND c.not_after <= ?")
+            params += [VALID, now]
+        else:
+            clauses.append("c.status = ?")
+            params.append(state)
+    return (" AND ".join(clauses) or "1 = 1"), tuple(params)
+
+
+def _revocation(row: Sequence[object]) -> Revocation:
+    serial, subject, revoked_at, reason, revoked_by, not_after = row
+    return Revocation(
+        serial=str(serial),
+        subject=str(subject),
+        # A row revoked before migration 5 may lack the time; its expiry bounds it.
+        revoked_at=dt.datetime.fromisoformat(str(revoked_at or not_after)),
+        # Revoked by `revoke_superseded` (no operator involved): RFC 5280 `superseded`.
+        reason=str(reason) if reason else "superseded",
+        revoked_by=str(revoked_by) if revoked_by else "-",
+        not_after=dt.datetime.fromisoformat(str(not_after)),
     )

@@ -14,6 +14,8 @@ from appliance.errors import PkiError
 from appliance.issuer import CaMaterial, public_keys_match
 from appliance.ledger import Ledger
 from appliance.ledger_factory import describe, open_ledger
+from appliance.lifecycle import Lifecycle, build_lifecycle
+from appliance.metrics import enable_multiprocess
 from appliance.pem_files import check_private_key_mode, load_certificate, load_private_key
 from appliance.profiles import build_profiles
 from appliance.service import EnrollmentService
@@ -31,6 +33,8 @@ class Appliance:
     service: EnrollmentService
     web: EstApplication
     ledger: Ledger
+    # Revocation, CRL, device API, dashboard, metrics (issue 6).
+    lifecycle: Lifecycle | None = None
 
 
 def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
@@ -39,13 +43,16 @@ def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
     check_server_material(config)
     ledger = open_ledger(config.ledger)
     service = EnrollmentService(build_profiles(config, ca, clock), ledger, clock)
+    lifecycle = build_lifecycle(config, ca, ledger, clock)
     web = EstApplication(
         service,
-        RaCertificateAuth(config.auth.ra_fingerprints),
+        # A revoked RA (or pump renewing with its certificate) is refused at once.
+        RaCertificateAuth(config.auth.ra_fingerprints, revoked=lifecycle.is_revoked),
         PasswordAuth(config.auth.users, config.auth.realm, config.auth.credential_cache_seconds),
         max_body_bytes=config.server.max_body_bytes,
+        observe=lifecycle.observe_est,
     )
-    return Appliance(config=config, service=service, web=web, ledger=ledger)
+    return Appliance(config=config, service=service, web=web, ledger=ledger, lifecycle=lifecycle)
 
 
 def check_server_material(config: Config) -> None:
@@ -97,10 +104,16 @@ def configure_cherrypy(appliance: Appliance) -> None:
         cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config),
         cherrypy.tree.mount(Root(), "", app_config),
     ]
+    if appliance.lifecycle is not None:
+        apps += appliance.lifecycle.mount()
+        appliance.lifecycle.subscribe(cherrypy.engine)
     prepare_http_server(config.server, apps)
 
 
 def serve(config: Config) -> None:
+    if config.metrics.enabled:
+        # Before anything counts and before workers fork (metrics.py: multiprocess mode).
+        enable_multiprocess(config.metrics.dir)
     workers = effective_workers(config.server.workers)
     if workers > 1:
         # Several processes on the port: see workers.py and docs/PERFORMANCE.md.

@@ -60,6 +60,11 @@ class RequestLog:
     serial: str = "-"
     reason: str = "-"
     extra: dict[str, str] = field(default_factory=dict)
+    code: str = "-"  # EstError.reason of a refusal (metrics, failure statistics)
+
+
+# (request, path segments, HTTP status, seconds): metrics and the failure record.
+RequestObserver = Callable[[RequestLog, tuple[str, ...], int, float], None]
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,11 @@ class EstApplication:
         password_auth: PasswordAuth,
         *,
         max_body_bytes: int,
+        observe: RequestObserver | None = None,
     ) -> None:
         self._service = service
+        # Metrics and the failure record (server.py wires them): told about every request.
+        self._observe = observe
         self._ra_auth = ra_auth
         self._password_auth = password_auth
         self._max_body = max_body_bytes
@@ -117,6 +125,7 @@ class EstApplication:
             return _respond(body)
         except EstError as error:
             entry.reason = error.message
+            entry.code = error.reason
             return _respond_error(error)
         except Exception:
             log.exception("event=internal_error request_id=%s", entry.request_id)
@@ -124,6 +133,9 @@ class EstApplication:
             return _respond_internal_error(entry.request_id)
         finally:
             _log_request(entry, started)
+            if self._observe is not None:
+                status = int(str(cherrypy.response.status).split(" ", 1)[0])
+                self._observe(entry, segments, status, time.perf_counter() - started)
 
     def _resolve(self, segments: tuple[str, ...]) -> tuple[Profile, Operation]:
         if len(segments) == 1:

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: openssl/curl are the real clients in tests; FreeRADIUS and eapol_test prove
 # every certificate in a real EAP-TLS authentication.
 APT_PACKAGES=(openssl curl ca-certificates freeradius eapoltest)
+# The operator dashboard's browser test drives Debian's chromium through chromium-driver.
+APT_PACKAGES+=(chromium chromium-driver)
 # High availability: the shared PostgreSQL ledger and HAProxy in front of two nodes (tests/ha).
 APT_PACKAGES+=(postgresql haproxy)
 APT_PACKAGES+=(${EXTRA_APT_PACKAGES:-})
