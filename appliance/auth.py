@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from appliance.errors import Forbidden, Unauthorized
 from appliance.identity import AuthMethod, Identity
 from appliance.issuer import ID_KP_CMC_RA
+from appliance.lockout import LoginGuard
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,9 @@ class PasswordAuth:
         realm: str,
         cache_seconds: int,
         monotonic: Callable[[], float] = time.monotonic,
+        guard: LoginGuard | None = None,
     ) -> None:
+        self._guard = guard
         self._users = dict(users)
         self._realm = realm
         self._cache_seconds = cache_seconds
@@ -159,15 +162,35 @@ class PasswordAuth:
     def realm(self) -> str:
         return self._realm
 
-    def authenticate(self, authorization: str | None) -> Identity:
-        user, password = self._parse(authorization)
+    def authenticate(self, authorization: str | None, address: str = "-") -> Identity:
+        """`address` is the TCP peer (never a forwarded-for header): the lockout counts by it."""
+        if self._guard is not None:
+            # A locked address gets 429 before anything else, malformed credentials included.
+            self._guard.check(None, address)
+        try:
+            user, password = self._parse(authorization)
+        except Unauthorized as error:
+            if authorization and self._guard is not None:
+                self._guard.failed(None, address, "malformed")
+                error.audited = True
+            raise
+        if self._guard is not None:
+            self._guard.check(user, address)
         if self._recently_verified(user, password):
             return Identity(user, AuthMethod.PASSWORD)
         stored = self._users.get(user)
+        # Constant time: Argon2 verify either way; unknown users against a dummy hash.
         ok = self._verify(stored or self._dummy_hash, password) and stored is not None
         if not ok:
-            log.warning("event=auth_failure method=password user=%s", _safe(user))
-            raise Unauthorized("user name or password is wrong", realm=self._realm)
+            refusal = Unauthorized("user name or password is wrong", realm=self._realm)
+            if self._guard is not None:
+                self._guard.failed(user, address, "unknown user or wrong password")
+                refusal.audited = True
+            else:
+                log.warning("event=auth_failure method=password user=%s", _safe(user))
+            raise refusal
+        if self._guard is not None:
+            self._guard.succeeded(user, address)
         self._remember(user, password)
         return Identity(user, AuthMethod.PASSWORD)
 

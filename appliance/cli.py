@@ -8,22 +8,23 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance import __version__
+from appliance import __version__, audit
 from appliance.approvals import ApprovalGate
 from appliance.auth import hash_password
 from appliance.cli_lifecycle import with_lifecycle_commands
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
-from appliance.ledger import ApprovalState
+from appliance.ledger import ApprovalState, IssuanceRecord
 from appliance.ledger_factory import describe, open_ledger, target_version, upgrade_ledger
 from appliance.ledger_transfer import export_ledger, import_ledger
-from appliance.pki_init import create_pki
+from appliance.pki_init import create_pki, issue_ra
 from appliance.server import build_appliance, serve
 from appliance.users_file import set_user_hash
 
@@ -63,7 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("init", "create the CA, the server certificate and the IQE RA certificate")
     p.add_argument("--force", action="store_true", help="replace an existing CA (dangerous)")
+    p.add_argument(
+        "--encrypt-ca-key",
+        action="store_true",
+        help="encrypt ca-key.pem with the passphrase from pki.ca_key_passphrase_file or "
+        "pki.ca_key_credential",
+    )
     p.set_defaults(func=_init)
+
+    _add_issue_ra(command)
 
     p = command("serve", "serve EST over HTTPS until stopped")
     p.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
@@ -136,7 +145,7 @@ def _configure_logging(config: Config) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    created = create_pki(config.pki, utc_now, force=args.force)
+    created = create_pki(config.pki, utc_now, force=args.force, encrypt_ca_key=args.encrypt_ca_key)
     for path in created.files:
         print(f"wrote {path}")
     print(f"CA:     {created.ca.subject.rfc4514_string()}")
@@ -297,11 +306,76 @@ def _decide(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     verb = "approved" if args.approve else "rejected"
+    _audit(config).record(
+        audit.APPROVED if args.approve else audit.REJECTED,
+        request_id=approval.id,
+        subject=approval.subject,
+        requester=approval.requester,
+        profile=approval.profile or "default",
+        by=f"operator:{getpass.getuser()}",
+        address="cli",
+    )
     print(
         f"request {approval.id} ({approval.subject}) {verb}; the client gets "
         f"{'its certificate' if args.approve else '403'} when it sends the request again"
     )
     return 0
+
+
+def _add_issue_ra(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = command("issue-ra", "issue a new RA certificate and key from the existing CA (RA rotation)")
+    p.add_argument("--cert", type=Path, required=True, help="where to write the certificate")
+    p.add_argument("--key", type=Path, required=True, help="where to write its key (0600)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_issue_ra)
+
+
+def _issue_ra(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    issued = issue_ra(config.pki, utc_now, args.cert, args.key, force=args.force)
+    cert = issued.cert
+    serial = format(cert.serial_number, "x")
+    operator = f"operator:{getpass.getuser()}"
+    # In the ledger like every certificate the CA signs, so it can be listed and revoked.
+    ledger = open_ledger(config.ledger)
+    try:
+        ledger.record_issuance(
+            IssuanceRecord(
+                serial=serial,
+                subject=cert.subject.rfc4514_string(),
+                sans=(),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                requester=operator,
+                auth_method="operator",
+                endpoint="issue-ra",
+                issued_at=utc_now(),
+                der=cert.public_bytes(Encoding.DER),
+            )
+        )
+    finally:
+        ledger.close()
+    _audit(config).record(
+        audit.ISSUED,
+        serial=serial,
+        subject=cert.subject.rfc4514_string(),
+        operation="issue-ra",
+        by=operator,
+        address="cli",
+    )
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    print(f"wrote {issued.cert_path}")
+    print(f"wrote {issued.key_path}")
+    print(f"RA:     {cert.subject.rfc4514_string()} serial {serial}")
+    print(f"        SHA-256 {fingerprint} (for auth.ra_scopes.<name>.fingerprint)")
+    print(f"        valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    print("Hand both files to the IQE gateway team; revoke the old RA once the gateway uses this.")
+    return 0
+
+
+def _audit(config: Config) -> audit.AuditLog:
+    """The audit log for a one-shot command (the server configures its own)."""
+    return audit.AuditLog(config.audit.path, utc_now)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -86,8 +86,22 @@ class PkiConfig:
     server_validity_days: int = 825
     ra_common_name: str = "IQE Gateway RA"
     ra_validity_days: int = 730
+    # The CA key may be encrypted at rest (PKCS#8, `est-appliance init --encrypt-ca-key`); its
+    # passphrase comes from a file (first line) or a systemd credential
+    # (LoadCredential=NAME:/path -> $CREDENTIALS_DIRECTORY/NAME). At most one of the two.
+    ca_key_passphrase_file: Path | None = None
+    ca_key_credential: str = ""
 
     def __post_init__(self) -> None:
+        if self.ca_key_passphrase_file is not None and self.ca_key_credential:
+            raise ConfigError(
+                "pki.ca_key_credential: set either it or pki.ca_key_passphrase_file, not both"
+            )
+        if self.ca_key_credential and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.ca_key_credential):
+            raise ConfigError(
+                f"pki.ca_key_credential: {self.ca_key_credential!r} is not a credential name "
+                "(letters, digits, '_', '.', '-')"
+            )
         _check_range("pki.ca_validity_days", self.ca_validity_days, 1, 36500)
         _check_range("pki.server_validity_days", self.server_validity_days, 1, 36500)
         _check_range("pki.ra_validity_days", self.ra_validity_days, 1, 36500)
@@ -183,6 +197,82 @@ class CsrAttributesConfig:
         object.__setattr__(self, "extension_requests", tuple(oids))
 
 
+# subjectAltName types a CSR may name, as the appliance writes them (and the policy's keys).
+SAN_TYPES: tuple[str, ...] = ("DNS", "IP", "email", "URI", "dirName", "RID", "otherName")
+# Subject attributes by their RFC 4514 short name, as policy lists them.
+SUBJECT_ATTRIBUTES: tuple[str, ...] = (
+    "CN",
+    "O",
+    "OU",
+    "C",
+    "ST",
+    "L",
+    "serialNumber",
+    "emailAddress",
+    "DC",
+    "UID",
+    "street",
+    "title",
+    "givenName",
+    "surname",
+)
+PolicyAction = Literal["refuse", "strip"]
+
+
+@dataclass(frozen=True)
+class CsrPolicyConfig:
+    """What a CSR may ask for (issue 7). The issuer writes every extension of its own profile
+    and takes from a CSR only subject, key and subjectAltName; this decides what happens when a
+    CSR asks for more: `refuse` (400/403 naming the rule) or `strip` (issue without it, logged).
+    """
+
+    # BasicConstraints CA:TRUE in the CSR: a pump never needs to be a CA.
+    ca_request: PolicyAction = "strip"
+    # A critical extension the appliance does not understand (RFC 5280 §4.2: a relying party
+    # must reject a certificate with an unknown critical extension, so never pass one on).
+    unknown_critical: PolicyAction = "refuse"
+    # subjectAltName entries and subject attributes outside the lists and patterns below.
+    names: PolicyAction = "refuse"
+    san_types: tuple[str, ...] = ("DNS", "IP", "email", "URI")
+    # SAN type -> regular expression every value of that type must match completely.
+    san_patterns: Mapping[str, str] = field(default_factory=dict)
+    subject_attributes: tuple[str, ...] = (
+        "CN",
+        "O",
+        "OU",
+        "C",
+        "ST",
+        "L",
+        "serialNumber",
+        "emailAddress",
+        "DC",
+        "UID",
+    )
+
+    def __post_init__(self) -> None:
+        for kind in self.san_types:
+            if kind not in SAN_TYPES:
+                raise ConfigError(
+                    f"csr_policy.san_types: {kind!r} is not one of {', '.join(SAN_TYPES)}"
+                )
+        for kind, pattern in self.san_patterns.items():
+            if kind not in self.san_types:
+                raise ConfigError(
+                    f"csr_policy.san_patterns: {kind!r} is not listed in csr_policy.san_types"
+                )
+            _check_regex(f"csr_policy.san_patterns.{kind}", pattern)
+        for name in self.subject_attributes:
+            if name not in SUBJECT_ATTRIBUTES:
+                raise ConfigError(
+                    f"csr_policy.subject_attributes: {name!r} is not one of "
+                    f"{', '.join(SUBJECT_ATTRIBUTES)}"
+                )
+        if "CN" not in self.subject_attributes:
+            raise ConfigError(
+                "csr_policy.subject_attributes: must include CN (EAP-TLS identifies pumps by CN)"
+            )
+
+
 @dataclass(frozen=True)
 class EnrollmentConfig:
     """The pump (EAP-TLS client) certificate profile."""
@@ -216,6 +306,8 @@ class EnrollmentConfig:
     serverkeygen_key: KeyAlgorithm = KeyAlgorithm.RSA_2048
     # RFC 7030 §4.5: what /csrattrs tells clients to put in their CSR.
     csr_attributes: CsrAttributesConfig = field(default_factory=CsrAttributesConfig)
+    # What a CSR may ask for beyond subject, key and subjectAltName (issue 7).
+    csr_policy: CsrPolicyConfig = field(default_factory=CsrPolicyConfig)
 
     def __post_init__(self) -> None:
         _check_range("enrollment.validity_days", self.validity_days, 1, 3650)
@@ -238,6 +330,92 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class LockoutConfig:
+    """Password guessing (issue 7): failed HTTP Basic attempts are counted per source address
+    (an IPv6 address by its /64) and per user name, in the ledger so every worker process and
+    node shares them. Past a limit the attempt gets 429 with Retry-After; each further failure
+    after a lock doubles it. A user-wide lock spares addresses that logged in successfully as
+    that user before, so guessing from elsewhere cannot lock the real gateway out."""
+
+    max_failures_per_address: int = 10
+    max_failures_per_user: int = 50
+    # Failures older than this (counted from the last failure or the end of the last lock)
+    # are forgotten.
+    window_seconds: int = 900
+    backoff_seconds: int = 30
+    max_backoff_seconds: int = 3600
+    # How long an address that logged in successfully stays "known" for that user.
+    known_address_days: int = 30
+
+    def __post_init__(self) -> None:
+        _check_range("lockout.max_failures_per_address", self.max_failures_per_address, 1, 10**6)
+        _check_range("lockout.max_failures_per_user", self.max_failures_per_user, 1, 10**6)
+        _check_range("lockout.window_seconds", self.window_seconds, 1, 30 * 86400)
+        _check_range("lockout.backoff_seconds", self.backoff_seconds, 1, 86400)
+        _check_range(
+            "lockout.max_backoff_seconds",
+            self.max_backoff_seconds,
+            self.backoff_seconds,
+            30 * 86400,
+        )
+        _check_range("lockout.known_address_days", self.known_address_days, 0, 3650)
+
+
+# Operations an RA scope can allow (the ones an RA certificate authenticates).
+RA_OPERATIONS: tuple[str, ...] = ("simpleenroll", "simplereenroll", "serverkeygen")
+# In an RA scope's `labels`, the bare /.well-known/est/<operation> path.
+DEFAULT_LABEL_NAME = "default"
+
+
+@dataclass(frozen=True)
+class RaScopeConfig:
+    """What one RA certificate may do (issue 7), selected by its SHA-256 fingerprint or its
+    subject (RFC 4514, as `est-appliance list` shows requesters)."""
+
+    fingerprint: str = ""
+    subject: str = ""
+    # CA labels it may use ("default" = the bare path); empty = every label.
+    labels: tuple[str, ...] = ()
+    operations: tuple[str, ...] = RA_OPERATIONS
+    # Regular expressions the CSR's commonName / whole RFC 4514 subject must match completely,
+    # e.g. the pump serial format "NPP[0-9A-Z]{4,10}".
+    common_name_pattern: str = ""
+    subject_pattern: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.fingerprint) == bool(self.subject):
+            raise ConfigError("ra_scope.fingerprint: set exactly one of fingerprint or subject")
+        if self.fingerprint:
+            object.__setattr__(
+                self, "fingerprint", _fingerprint("ra_scope.fingerprint", self.fingerprint)
+            )
+        if not self.operations:
+            raise ConfigError("ra_scope.operations: list at least one operation")
+        for operation in self.operations:
+            if operation not in RA_OPERATIONS:
+                raise ConfigError(
+                    f"ra_scope.operations: {operation!r} is not one of {', '.join(RA_OPERATIONS)}"
+                )
+        for label in self.labels:
+            if label != DEFAULT_LABEL_NAME and not _LABEL.fullmatch(label):
+                raise ConfigError(f"ra_scope.labels: {label!r} is not a CA label")
+        _check_regex("ra_scope.common_name_pattern", self.common_name_pattern)
+        _check_regex("ra_scope.subject_pattern", self.subject_pattern)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log: one JSON object per line for issuance, renewal, revocation, approval and
+    authentication failures (who, what, from where). Never a key or a password."""
+
+    path: Path | None = Path("var/audit.log")
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.path.name:
+            raise ConfigError("audit.path: must name a file")
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     realm: str = "EST appliance"
     # SHA-256 fingerprints (hex, colons optional) of client certificates accepted as RA even
@@ -250,19 +428,16 @@ class AuthConfig:
     users: Mapping[str, str] = field(default_factory=dict)
     # How long a verified password stays verified for a keep-alive gateway, in seconds.
     credential_cache_seconds: int = 300
+    # Password guessing limits (429 + Retry-After).
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    # Scope name -> what that RA certificate may enroll; none configured = any RA, any pump.
+    ra_scopes: Mapping[str, RaScopeConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.realm or '"' in self.realm or "\\" in self.realm:
             raise ConfigError("auth.realm: must be non-empty and contain no quotes or backslashes")
         _check_range("auth.credential_cache_seconds", self.credential_cache_seconds, 0, 86400)
-        normalized = []
-        for fp in self.ra_fingerprints:
-            hexfp = fp.replace(":", "").lower()
-            if len(hexfp) != 64 or any(c not in "0123456789abcdef" for c in hexfp):
-                raise ConfigError(
-                    f"auth.ra_fingerprints: {fp!r} is not a SHA-256 fingerprint (64 hex digits)"
-                )
-            normalized.append(hexfp)
+        normalized = [_fingerprint("auth.ra_fingerprints", fp) for fp in self.ra_fingerprints]
         object.__setattr__(self, "ra_fingerprints", tuple(normalized))
         for user, hashed in self.users.items():
             if not user or ":" in user:
@@ -391,6 +566,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     crl: CrlConfig = field(default_factory=CrlConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -407,6 +583,17 @@ class Config:
                 )
             if label in EST_OPERATIONS:
                 raise ConfigError(f"profiles.{label}: an EST operation name cannot be a label")
+        for name, scope in self.auth.ra_scopes.items():
+            for label in scope.labels:
+                if label == DEFAULT_LABEL_NAME and label in self.profiles:
+                    raise ConfigError(
+                        f"auth.ra_scopes.{name}.labels: 'default' means the bare path, but a "
+                        "profile is also labelled 'default'; rename that profile"
+                    )
+                if label != DEFAULT_LABEL_NAME and label not in self.profiles:
+                    raise ConfigError(
+                        f"auth.ra_scopes.{name}.labels: no profile is labelled {label!r}"
+                    )
         # The device API must never accept an enrollment credential (issue 6).
         for user in self.admin.users:
             if user in self.auth.users:
@@ -475,7 +662,7 @@ def _build(cls: type[Any], raw: object, prefix: str, base_dir: Path) -> Any:
             continue
         if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name]):
             values[f.name] = _build(hints[f.name], {}, f"{prefix}{f.name}.", base_dir)
-        elif hints[f.name] is Path and isinstance(f.default, Path):
+        elif isinstance(f.default, Path):  # `Path` and `Path | None` settings
             values[f.name] = _convert(Path, str(f.default), f"{prefix}{f.name}", base_dir)
     try:
         return cls(**values)
@@ -490,6 +677,14 @@ def _build(cls: type[Any], raw: object, prefix: str, base_dir: Path) -> Any:
 
 def _convert(hint: Any, value: object, key: str, base_dir: Path) -> Any:
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        # `X | None`: YAML null (or an empty value) means None.
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if value is None or len(options) != 1:
+            if value is None:
+                return None
+            raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+        return _convert(options[0], value, key, base_dir)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value if value is not None else {}, f"{key}.", base_dir)
     if hint is bool:
@@ -539,6 +734,20 @@ def _convert(hint: Any, value: object, key: str, base_dir: Path) -> Any:
             {str(k): _convert(value_hint, v, f"{key}.{k}", base_dir) for k, v in value.items()}
         )
     raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _check_regex(key: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{key}: not a valid regular expression ({exc})") from None
+
+
+def _fingerprint(key: str, value: str) -> str:
+    hexfp = value.replace(":", "").lower()
+    if len(hexfp) != 64 or any(c not in "0123456789abcdef" for c in hexfp):
+        raise ConfigError(f"{key}: {value!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return hexfp
 
 
 def _check_range(key: str, value: int, low: int, high: int) -> None:

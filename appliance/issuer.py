@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +21,20 @@ from appliance.clock import Clock
 from appliance.config import EnrollmentConfig, PkiConfig
 from appliance.errors import PkiError
 from appliance.keys import SigningKey, signature_hash
-from appliance.pem_files import load_certificates, load_private_key
+from appliance.pem_files import ca_key_passphrase, load_certificates, load_private_key
+
+
+class CertificateRequest(Protocol):
+    """What the issuer takes from a request: a CSR, or a CSR after csr_policy vetted it."""
+
+    @property
+    def subject(self) -> x509.Name: ...
+
+    @property
+    def extensions(self) -> x509.Extensions: ...
+
+    def public_key(self) -> CertificatePublicKeyTypes: ...
+
 
 # RFC 6402 §2.10: id-kp-cmcRA marks a certificate as a CMC/EST Registration Authority.
 ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
@@ -36,7 +50,7 @@ class CaMaterial:
     @classmethod
     def load(cls, pki: PkiConfig, now: dt.datetime) -> CaMaterial:
         certs = load_certificates(pki.ca_cert)
-        key = load_private_key(pki.ca_key)
+        key = load_private_key(pki.ca_key, ca_key_passphrase(pki))
         cert = certs[0]
         if not public_keys_match(cert.public_key(), key):
             raise PkiError(f"{pki.ca_key}: private key does not match {pki.ca_cert}")
@@ -209,7 +223,7 @@ class Issuer:
 
     def issue_pump_certificate(
         self,
-        csr: x509.CertificateSigningRequest,
+        csr: CertificateRequest,
         public_key: CertificatePublicKeyTypes | None = None,
     ) -> x509.Certificate:
         """Subject and SAN from the CSR; the key from the CSR unless the appliance generated
@@ -239,7 +253,7 @@ class Issuer:
         )
 
 
-def requested_san(csr: x509.CertificateSigningRequest) -> x509.SubjectAlternativeName | None:
+def requested_san(csr: CertificateRequest) -> x509.SubjectAlternativeName | None:
     try:
         return csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -144,6 +144,22 @@ class AdminSession:
     expires: dt.datetime
 
 
+# Scopes of the password-guessing counters (issue 7, lockout.py).
+ADDRESS_SCOPE = "address"
+USER_SCOPE = "user"
+
+
+@dataclass(frozen=True)
+class LoginThrottle:
+    """Failed password attempts counted for one address or one user name (lockout.py)."""
+
+    scope: str  # ADDRESS_SCOPE or USER_SCOPE
+    name: str
+    failures: int
+    last_failure: dt.datetime
+    locked_until: dt.datetime | None
+
+
 class Ledger(Protocol):
     def record_issuance(
         self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
@@ -256,6 +272,29 @@ class Ledger(Protocol):
     def prune_sessions(self, now: dt.datetime) -> int:
         """Delete sessions past their absolute expiry; returns how many."""
 
+    def count_login_failure(
+        self, scope: str, name: str, at: dt.datetime, forget_before: dt.datetime
+    ) -> int:
+        """Add one failed password attempt for (scope, name) at `at`, atomically across
+        processes and nodes, and return the count. A count whose last failure and lock both
+        ended before `forget_before` starts again from 1."""
+
+    def lock_login(self, scope: str, name: str, until: dt.datetime) -> None:
+        """Lock (scope, name) until `until` (the row exists: count_login_failure made it)."""
+
+    def login_throttle(self, scope: str, name: str) -> LoginThrottle | None:
+        """The failure count and lock of (scope, name), or None if it never failed."""
+
+    def record_login_success(self, username: str, address: str, at: dt.datetime) -> None:
+        """Remember that `address` logged in as `username` at `at`."""
+
+    def login_known_since(self, username: str, address: str) -> dt.datetime | None:
+        """When `address` last logged in successfully as `username`, or None."""
+
+    def forget_login_state(self, before: dt.datetime, known_before: dt.datetime) -> int:
+        """Delete counters whose last failure and lock ended before `before`, and known
+        addresses not seen since `known_before`; returns how many rows went."""
+
     def close(self) -> None: ...
 
 
@@ -335,6 +374,25 @@ _MIGRATIONS: tuple[str, ...] = (
         created    TEXT NOT NULL,
         last_seen  TEXT NOT NULL,
         expires    TEXT NOT NULL
+    );
+    """,
+    # 6: password-guessing limits (issue 7), shared by every worker and node: failures per
+    # scope ('address' or 'user') and key, the lock they earned, and which addresses logged in
+    # successfully as which user (spared by a user-wide lock).
+    """
+    CREATE TABLE login_throttle (
+        scope        TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        failures     INTEGER NOT NULL,
+        last_failure TEXT NOT NULL,
+        locked_until TEXT,
+        PRIMARY KEY (scope, name)
+    );
+    CREATE TABLE login_known (
+        username     TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        last_success TEXT NOT NULL,
+        PRIMARY KEY (username, address)
     );
     """,
 )
@@ -814,6 +872,85 @@ class SqliteLedger:
                 "DELETE FROM admin_sessions WHERE expires < ?", (now.isoformat(),)
             )
         return cursor.rowcount
+
+    def count_login_failure(
+        self, scope: str, name: str, at: dt.datetime, forget_before: dt.datetime
+    ) -> int:
+        conn = self._connection()
+        with self._write(conn):
+            (failures,) = conn.execute(
+                "INSERT INTO login_throttle (scope, name, failures, last_failure) "
+                "VALUES (?, ?, 1, ?) ON CONFLICT (scope, name) DO UPDATE SET "
+                "failures = CASE WHEN login_throttle.last_failure < ? AND "
+                "(login_throttle.locked_until IS NULL OR login_throttle.locked_until < ?) "
+                "THEN 1 ELSE login_throttle.failures + 1 END, "
+                "last_failure = excluded.last_failure RETURNING failures",
+                (scope, name, at.isoformat(), forget_before.isoformat(), forget_before.isoformat()),
+            ).fetchone()
+        return int(failures)
+
+    def lock_login(self, scope: str, name: str, until: dt.datetime) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "UPDATE login_throttle SET locked_until = ? WHERE scope = ? AND name = ?",
+                (until.isoformat(), scope, name),
+            )
+
+    def login_throttle(self, scope: str, name: str) -> LoginThrottle | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT failures, last_failure, locked_until FROM login_throttle "
+                "WHERE scope = ? AND name = ?",
+                (scope, name),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        failures, last_failure, locked_until = row
+        return LoginThrottle(
+            scope=scope,
+            name=name,
+            failures=int(failures),
+            last_failure=dt.datetime.fromisoformat(str(last_failure)),
+            locked_until=dt.datetime.fromisoformat(str(locked_until)) if locked_until else None,
+        )
+
+    def record_login_success(self, username: str, address: str, at: dt.datetime) -> None:
+        conn = self._connection()
+        with self._write(conn):
+            conn.execute(
+                "INSERT INTO login_known (username, address, last_success) VALUES (?, ?, ?) "
+                "ON CONFLICT (username, address) DO UPDATE SET "
+                "last_success = excluded.last_success",
+                (username, address, at.isoformat()),
+            )
+
+    def login_known_since(self, username: str, address: str) -> dt.datetime | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT last_success FROM login_known WHERE username = ? AND address = ?",
+                (username, address),
+            )
+            .fetchone()
+        )
+        return dt.datetime.fromisoformat(str(row[0])) if row else None
+
+    def forget_login_state(self, before: dt.datetime, known_before: dt.datetime) -> int:
+        conn = self._connection()
+        with self._write(conn):
+            throttles = conn.execute(
+                "DELETE FROM login_throttle WHERE last_failure < ? AND "
+                "(locked_until IS NULL OR locked_until < ?)",
+                (before.isoformat(), before.isoformat()),
+            ).rowcount
+            known = conn.execute(
+                "DELETE FROM login_known WHERE last_success < ?", (known_before.isoformat(),)
+            ).rowcount
+        return int(throttles) + int(known)
 
     def close(self) -> None:
         with self._lock:

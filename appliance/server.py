@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import cherrypy
 
+from appliance import audit
 from appliance.auth import PasswordAuth, RaCertificateAuth
 from appliance.clock import Clock, utc_now
 from appliance.config import Config
@@ -15,9 +16,11 @@ from appliance.issuer import CaMaterial, public_keys_match
 from appliance.ledger import Ledger
 from appliance.ledger_factory import describe, open_ledger
 from appliance.lifecycle import Lifecycle, build_lifecycle
+from appliance.lockout import LoginGuard
 from appliance.metrics import enable_multiprocess
 from appliance.pem_files import check_private_key_mode, load_certificate, load_private_key
 from appliance.profiles import build_profiles
+from appliance.ra_scope import RaScopes
 from appliance.service import EnrollmentService
 from appliance.tls import server_context
 from appliance.tls_adapter import register_adapter
@@ -42,13 +45,21 @@ def build_appliance(config: Config, clock: Clock = utc_now) -> Appliance:
     ca = CaMaterial.load(config.pki, clock())
     check_server_material(config)
     ledger = open_ledger(config.ledger)
-    service = EnrollmentService(build_profiles(config, ca, clock), ledger, clock)
+    audit.configure(audit.AuditLog(config.audit.path, clock)).close()
+    service = EnrollmentService(
+        build_profiles(config, ca, clock), ledger, clock, RaScopes(config.auth.ra_scopes)
+    )
     lifecycle = build_lifecycle(config, ca, ledger, clock)
     web = EstApplication(
         service,
         # A revoked RA (or pump renewing with its certificate) is refused at once.
         RaCertificateAuth(config.auth.ra_fingerprints, revoked=lifecycle.is_revoked),
-        PasswordAuth(config.auth.users, config.auth.realm, config.auth.credential_cache_seconds),
+        PasswordAuth(
+            config.auth.users,
+            config.auth.realm,
+            config.auth.credential_cache_seconds,
+            guard=LoginGuard(ledger, config.auth.lockout, clock),
+        ),
         max_body_bytes=config.server.max_body_bytes,
         observe=lifecycle.observe_est,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cherrypy
 from cryptography import x509
 
+from appliance import audit
 from appliance.auth import PasswordAuth, RaCertificateAuth
 from appliance.codec import (
     PKCS7_MIME,
@@ -30,11 +31,14 @@ from appliance.codec import (
 )
 from appliance.config import RESPONSE_FORMATS
 from appliance.errors import (
+    Accepted,
     EstError,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     NotImplementedOperation,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -122,10 +126,12 @@ class EstApplication:
                     allow=operation.methods,
                 )
             body = operation.handler(entry, profile)
+            _audit_success(entry, profile)
             return _respond(body)
         except EstError as error:
             entry.reason = error.message
             entry.code = error.reason
+            _audit_refusal(entry, error)
             return _respond_error(error)
         except Exception:
             log.exception("event=internal_error request_id=%s", entry.request_id)
@@ -185,6 +191,7 @@ class EstApplication:
             csr, identity, label=profile.label, channel=_channel()
         )
         entry.serial = format(cert.serial_number, "x")
+        entry.extra["subject"] = cert.subject.rfc4514_string()
         return encode_serverkeygen(cert, key, profile.response_format)
 
     # RFC 7030 §4.5: what the CSR should contain; 204 when the profile asks for nothing.
@@ -202,7 +209,7 @@ class EstApplication:
 
     # Enrollment with HTTP Basic (RFC 7030 §3.2.3), as the IQE gateway's password approach does.
     def _bootstrap(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity = self._password_auth.authenticate(_header("Authorization"))
+        identity = self._password_auth.authenticate(_header("Authorization"), _peer())
         entry.identity = str(identity)
         csr = self._read_csr()
         cert = self._service.enroll(
@@ -213,7 +220,7 @@ class EstApplication:
     def _authenticate_ra(self, entry: RequestLog, profile: Profile) -> Identity:
         pem = _client_certificate_pem()
         if pem is None and profile.allow_basic and _header("Authorization"):
-            identity = self._password_auth.authenticate(_header("Authorization"))
+            identity = self._password_auth.authenticate(_header("Authorization"), _peer())
         else:
             try:
                 identity = self._ra_auth.authenticate(pem)
@@ -241,7 +248,53 @@ class EstApplication:
 
 def _certificate(entry: RequestLog, cert: x509.Certificate, profile: Profile) -> EncodedBody:
     entry.serial = format(cert.serial_number, "x")
+    entry.extra["subject"] = cert.subject.rfc4514_string()
     return encode_certs_only([cert], profile.response_format)
+
+
+def _peer() -> str:
+    """The TCP peer address; forwarded-for headers are client-chosen and never trusted."""
+    return str(cherrypy.request.remote.ip or "-")
+
+
+# Audit trail (audit.py): who got which certificate from where, and who was turned away.
+def _audit_success(entry: RequestLog, profile: Profile) -> None:
+    operation = entry.endpoint.rsplit("/", 1)[-1]
+    if entry.serial == "-":
+        return
+    audit.record(
+        audit.RENEWED if operation == "simplereenroll" else audit.ISSUED,
+        serial=entry.serial,
+        subject=entry.extra.get("subject"),
+        operation=operation,
+        profile=profile.name,
+        by=entry.identity,
+        address=_peer(),
+        request_id=entry.request_id,
+    )
+
+
+def _audit_refusal(entry: RequestLog, error: EstError) -> None:
+    if error.audited:
+        return
+    if isinstance(error, Accepted):
+        event = audit.APPROVAL_REQUESTED
+    elif isinstance(error, Unauthorized):
+        event = audit.AUTH_FAILURE
+    elif isinstance(error, Forbidden):
+        event = audit.FORBIDDEN
+    elif isinstance(error, TooManyRequests):
+        event = audit.THROTTLED
+    else:
+        return
+    audit.record(
+        event,
+        operation=entry.endpoint,
+        by=entry.identity,
+        address=_peer(),
+        reason=error.message,
+        request_id=entry.request_id,
+    )
 
 
 def _channel() -> Channel:
