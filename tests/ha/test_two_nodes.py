@@ -4,6 +4,7 @@ revocation made through one node is refused for reenroll on the other at once.""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
@@ -24,7 +25,16 @@ from simulator.pki import KeyType
 from simulator.pump import Pump, pump_serial
 from simulator.renewal import reenroll_csr
 from tests.services import HAProxy, PostgresServer, free_port
-from tests.support import Lab, RunningAppliance, curl, make_lab, run_cli, start_appliance
+from tests.support import (
+    Lab,
+    RunningAppliance,
+    curl,
+    make_csr,
+    make_lab,
+    pkcs7_certificates,
+    run_cli,
+    start_appliance,
+)
 
 PUMPS = 48
 
@@ -50,7 +60,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         dsn = postgres.create_database("ha")
         folder = tmp_path_factory.mktemp("ha")
         # One config, one CA for both nodes: what the Ansible cluster mode deploys.
-        lab = make_lab(folder, {"ledger": {"dsn": dsn}, "server": {"workers": 1}})
+        manual = {"manual": {"enrollment": {"manual_approval": True, "retry_after_seconds": 5}}}
+        lab = make_lab(
+            folder, {"ledger": {"dsn": dsn}, "server": {"workers": 1}, "profiles": manual}
+        )
         run_cli("db", "upgrade", "--config", str(lab.config))
         ports = [free_port(), free_port()]
         nodes = [start_appliance(lab, "--port", str(port)) for port in ports]
@@ -225,3 +238,27 @@ def test_a_revocation_on_node_a_is_refused_for_reenroll_on_node_b(
         assert renewed and renewed[0].status == VALID and renewed[0].replaces == old.serial
     finally:
         ledger.close()
+
+
+def test_a_request_held_on_one_node_is_approved_and_collected_on_the_other(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """RFC 7030 §4.2.3 across nodes: the pending request lives in the shared ledger."""
+    lab = cluster.lab
+    node_a, node_b = cluster.nodes
+    csr, _key = make_csr(tmp_path, "held-pump")
+    args = ["--cacert", str(lab.ca_cert), "--cert", str(lab.ra_cert), "--key", str(lab.ra_key)]
+    args += ["-H", "Content-Type: application/pkcs10", "--data-binary", f"@{csr}"]
+    status, _h, body = curl([*args, node_a.url("manual/simpleenroll")])
+    assert status == 202, body
+    request_id = int(body.split()[1])
+    status, _h, body = curl([*args, node_b.url("manual/simpleenroll")])
+    assert status == 202 and int(body.split()[1]) == request_id  # the same request, not a new one
+    run_cli("approve", str(request_id), "--config", str(lab.config))
+    status, _h, from_b = curl([*args, node_b.url("manual/simpleenroll")])
+    assert status == 200, from_b
+    # A CA label answers in base64 (RFC 7030 §4.1.3).
+    assert "subject=CN = held-pump" in pkcs7_certificates(base64.b64decode(from_b))
+    # Sent again to node A: the certificate already issued on B, not a second one.
+    status, _h, from_a = curl([*args, node_a.url("manual/simpleenroll")])
+    assert status == 200 and from_a == from_b
