@@ -11,6 +11,9 @@ APT_PACKAGES=(openssl curl ca-certificates freeradius eapoltest)
 APT_PACKAGES+=(chromium chromium-driver)
 # High availability: the shared PostgreSQL ledger and HAProxy in front of two nodes (tests/ha).
 APT_PACKAGES+=(postgresql haproxy)
+# The deployment test (tests/deploy): a debootstrapped Debian booted by systemd-nspawn, reached
+# by Ansible over ssh; `vagrant validate` checks the Vagrantfile of the full lab.
+APT_PACKAGES+=(debootstrap systemd-container openssh-client vagrant)
 APT_PACKAGES+=(${EXTRA_APT_PACKAGES:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
