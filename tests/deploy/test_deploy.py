@@ -18,7 +18,9 @@ from simulator.troubleshooting import EnrollmentError
 from tests.deploy.conftest import HOST, PASSWORD, RADIUS_SECRET, Deployment
 from tests.support import curl, openssl
 
-pytestmark = pytest.mark.deploy
+# The first test also boots the container and runs the first deployment (and, on a fresh
+# machine, debootstraps the root, about a minute): far beyond the suite's 300 s default.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1500)]
 
 SERVICE = "est-appliance.service"
 PKI = "/var/lib/est-appliance/pki"
