@@ -1,0 +1,106 @@
+"""The est_appliance role's cluster mode, run by real Ansible on localhost: its checks refuse a
+node without the shared CA, RA credential or database, and its config.yaml points a node at the
+shared PostgreSQL ledger (and still at SQLite outside cluster mode)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.config import parse_config
+from tests.deploy.playbook import ANSIBLE_DIR, BIN, ansible_env
+from tests.support import Lab, make_lab
+
+ROLE = ANSIBLE_DIR / "roles" / "est_appliance"
+DSN = "postgresql://est_appliance:vault-secret@db.cluster.internal:5432/est_ledger"
+
+
+@pytest.fixture(scope="module")
+def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return make_lab(tmp_path_factory.mktemp("cluster-pki"))
+
+
+def _render(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """The role's own checks, then its config template, with the role's defaults."""
+    out = tmp_path / "config.yaml"
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(
+        f"""- name: Render the est_appliance configuration
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files:
+    - {ROLE / "defaults" / "main.yml"}
+  tasks:
+    - name: Run the role's variable checks
+      ansible.builtin.import_tasks: {ROLE / "tasks" / "assert.yml"}
+    - name: Render config.yaml
+      ansible.builtin.template:
+        src: {ROLE / "templates" / "config.yaml.j2"}
+        dest: {out}
+        mode: "0600"
+"""
+    )
+    extra_file = tmp_path / "extra.json"
+    extra_file.write_text(json.dumps(extra))
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", f"@{extra_file}"],
+        cwd=ANSIBLE_DIR,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def _cluster_vars(lab: Lab) -> dict[str, object]:
+    certs = lab.certs
+    return {
+        "est_appliance_cluster": True,
+        "est_appliance_ledger_dsn": DSN,
+        "est_appliance_ca_cert_pem": (certs / "ca-cert.pem").read_text(),
+        "est_appliance_ca_key_pem": (certs / "ca-key.pem").read_text(),
+        "est_appliance_ra_cert_pem": (certs / "iqe-ra-cert.pem").read_text(),
+        "est_appliance_ra_key_pem": (certs / "iqe-ra-key.pem").read_text(),
+    }
+
+
+def test_a_cluster_node_is_configured_for_the_shared_ledger(
+    shared_pki: Lab, tmp_path: Path
+) -> None:
+    result = _render(tmp_path, _cluster_vars(shared_pki))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = (tmp_path / "config.yaml").read_text()
+    config = parse_config(yaml.safe_load(rendered), base_dir=tmp_path)
+    assert config.ledger.dsn == DSN
+    assert "vault-secret" not in result.stdout  # the DSN is not echoed by the play
+
+
+def test_outside_cluster_mode_the_ledger_stays_sqlite(tmp_path: Path) -> None:
+    result = _render(tmp_path, {})
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
+    assert config.ledger.dsn == "" and config.ledger.path.name == "ledger.db"
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["est_appliance_ra_cert_pem", "est_appliance_ca_cert_pem", "est_appliance_ledger_dsn"],
+)
+def test_a_cluster_node_without_shared_material_is_refused(
+    shared_pki: Lab, tmp_path: Path, missing: str
+) -> None:
+    variables = _cluster_vars(shared_pki)
+    variables[missing] = ""
+    if missing == "est_appliance_ca_cert_pem":
+        variables["est_appliance_ca_key_pem"] = ""
+    result = _render(tmp_path, variables)
+    assert result.returncode != 0
+    assert "Check that a cluster node gets the shared CA" in result.stdout
+    assert "est_appliance_cluster is true: give every node" in result.stdout, result.stdout[-1500:]
+    assert not (tmp_path / "config.yaml").exists()
