@@ -6,10 +6,11 @@ import json
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from appliance.config import LedgerConfig, parse_config
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, ServiceUnavailable
 from appliance.ledger import _MIGRATIONS, REVOKED, ApprovalState, Ledger, LedgerError
 from appliance.ledger_factory import open_ledger, target_version, upgrade_ledger
 from appliance.ledger_postgres import migrations, redact, translate
@@ -186,3 +187,25 @@ def test_db_commands(tmp_path: Path, postgres: PostgresServer) -> None:
     assert len(listed.stdout.splitlines()) == 1205
     pending_out = run_cli("pending", "--config", str(cluster))
     assert "fp" not in pending_out.stdout and "CN=pump-9" in pending_out.stdout
+
+
+def test_a_lost_database_connection_is_a_503_then_reconnects(postgres: PostgresServer) -> None:
+    """A database restart or failover drops every connection: the request in flight gets
+    503 with Retry-After (the client retries), the next one runs on a new connection."""
+    config = LedgerConfig(dsn=postgres.create_database("lost"))
+    upgrade_ledger(config)
+    ledger = open_ledger(config)
+    try:
+        first = record()
+        ledger.record_issuance(first)
+        with psycopg.connect(postgres.admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (config.dsn.rsplit("/", 1)[1],),
+            )
+        with pytest.raises(ServiceUnavailable) as caught:
+            ledger.find(first.serial)
+        assert caught.value.retry_after == 5
+        assert ledger.find(first.serial) == first  # a fresh connection, same data
+    finally:
+        ledger.close()
