@@ -42,10 +42,10 @@ class TransferSummary:
     serials_sha256: str
 
 
-def export_ledger(ledger: Ledger, path: Path) -> TransferSummary:
+def export_ledger(ledger: Ledger, path: Path, *, page: int = _PAGE) -> TransferSummary:
     """Write every certificate, approval and the CRL counter to `path` (mode 0600: the file
     holds the request history, though no private key)."""
-    records = list(_all_certificates(ledger))
+    records = list(_all_certificates(ledger, page))
     approvals = list(ledger.approvals(None))
     summary = TransferSummary(
         certificates=len(records),
@@ -74,7 +74,7 @@ def export_ledger(ledger: Ledger, path: Path) -> TransferSummary:
     return summary
 
 
-def import_ledger(ledger: Ledger, path: Path) -> TransferSummary:
+def import_ledger(ledger: Ledger, path: Path, *, page: int = _PAGE) -> TransferSummary:
     """Load an export into an empty `ledger` and verify it; TransferError on any mismatch."""
     if ledger.count() or ledger.approvals(None):
         raise TransferError(
@@ -100,7 +100,7 @@ def import_ledger(ledger: Ledger, path: Path) -> TransferSummary:
         certificates=ledger.count(),
         approvals=len(ledger.approvals(None)),
         crl_number=ledger.last_crl_number(),
-        serials_sha256=_serials_digest(r.serial for r in _all_certificates(ledger)),
+        serials_sha256=_serials_digest(r.serial for r in _all_certificates(ledger, page)),
     )
     expected = TransferSummary(
         certificates=int(header["certificates"]),
@@ -124,14 +124,14 @@ def import_ledger(ledger: Ledger, path: Path) -> TransferSummary:
     return loaded
 
 
-def _all_certificates(ledger: Ledger) -> Iterator[IssuanceRecord]:
+def _all_certificates(ledger: Ledger, page: int) -> Iterator[IssuanceRecord]:
     offset = 0
     while True:
-        page = ledger.certificates(limit=_PAGE, offset=offset)
-        yield from page
-        if len(page) < _PAGE:
+        records = ledger.certificates(limit=page, offset=offset)
+        yield from records
+        if len(records) < page:
             return
-        offset += len(page)
+        offset += len(records)
 
 
 def _serials_digest(serials: Iterator[str]) -> str:
