@@ -26,6 +26,7 @@ from appliance.config import AdminConfig
 from appliance.errors import Forbidden, Unauthorized
 from appliance.identity import AuthMethod, Identity
 from appliance.ledger import AdminSession, Ledger
+from appliance.lockout import LoginGuard
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,18 @@ class AdminAuth:
         config: AdminConfig,
         ledger: Ledger,
         clock: Clock,
+        *,
         revoked: Callable[[str], bool] = lambda _serial: False,
         secret: bytes | None = None,
+        guard: LoginGuard | None = None,
     ) -> None:
         self._config = config
         self._ledger = ledger
         self._clock = clock
         self._revoked = revoked
         self._fingerprints = frozenset(config.cert_fingerprints)
-        self._passwords = PasswordAuth(config.users, ADMIN_REALM, 300)
+        # The same password-guessing limits as the EST users (lockout.py): 429 when locked.
+        self._passwords = PasswordAuth(config.users, ADMIN_REALM, 300, guard=guard)
         # For the CSRF token of certificate-authenticated operators (no session row); the
         # composition root derives it from the CA key so every worker process agrees.
         self._secret = secret or secrets.token_bytes(32)
@@ -100,7 +104,7 @@ class AdminAuth:
         """The device API: HTTP Basic with an admin user, or an admin client certificate."""
         if authorization:
             # An operator's password decides, whatever certificate the client also shows.
-            return self._passwords.authenticate(authorization)
+            return self._passwords.authenticate(authorization, peer)
         identity = self.certificate(client_cert_pem)
         if identity is None:
             raise Unauthorized(
@@ -110,11 +114,11 @@ class AdminAuth:
             )
         return identity
 
-    def login(self, user: str, password: str) -> tuple[str, AdminSession]:
+    def login(self, user: str, password: str, peer: str = "-") -> tuple[str, AdminSession]:
         """Check the form's credentials; returns the cookie token and the stored session."""
         header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         try:
-            identity = self._passwords.authenticate(header)
+            identity = self._passwords.authenticate(header, peer)
         except Unauthorized:
             raise Unauthorized("user name or password is wrong") from None
         now = self._clock()

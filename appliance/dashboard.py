@@ -119,7 +119,9 @@ class Dashboard:
                 raise MethodNotAllowed("use GET or POST", allow=("GET", "POST"))
             _same_origin()
             try:
-                token, _session = self._admin.login(username[:64], password[:1024])
+                token, _session = self._admin.login(
+                    username[:64], password[:1024], str(cherrypy.request.remote.ip or "-")
+                )
             except Unauthorized:
                 cherrypy.response.status = 401
                 return self._render(

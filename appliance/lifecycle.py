@@ -26,6 +26,7 @@ from appliance.devices import Fleet
 from appliance.events import EventRecorder
 from appliance.issuer import CaMaterial
 from appliance.ledger import Ledger
+from appliance.lockout import LoginGuard
 from appliance.metrics import ENROLLING, Metrics, endpoint_label
 from appliance.pem_files import load_certificate
 from appliance.revocation import RevocationService
@@ -150,7 +151,14 @@ def build_lifecycle(config: Config, ca: CaMaterial, ledger: Ledger, clock: Clock
         b"est-appliance admin csrf\0"
         + ca.key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
     ).digest()
-    admin = AdminAuth(config.admin, ledger, clock, revoked=revoked, secret=secret)
+    admin = AdminAuth(
+        config.admin,
+        ledger,
+        clock,
+        revoked=revoked,
+        secret=secret,
+        guard=LoginGuard(ledger, config.auth.lockout, clock),
+    )
     return Lifecycle(
         config=config,
         ledger=ledger,
