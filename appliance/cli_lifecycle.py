@@ -36,6 +36,11 @@ def with_lifecycle_commands(
     p.add_argument("serial", nargs="?", help="certificate serial (hex; colons allowed)")
     p.add_argument("--subject", help="the pump's CN (e.g. NPPR001) or full subject (CN=...)")
     p.add_argument(
+        "--cert",
+        type=Path,
+        help="a PEM certificate this CA signed outside EST (an operator's, one made by hand)",
+    )
+    p.add_argument(
         "--reason",
         default="unspecified",
         help=f"RFC 5280 reason: {', '.join(REASONS)} (default: unspecified)",
@@ -83,8 +88,8 @@ def _services(config: Config) -> tuple[Ledger, CrlPublisher, RevocationService]:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    if bool(args.serial) == bool(args.subject):
-        print("est-appliance: give either a SERIAL or --subject CN", file=sys.stderr)
+    if sum(bool(x) for x in (args.serial, args.subject, args.cert)) != 1:
+        print("est-appliance: give one of SERIAL, --subject CN or --cert FILE", file=sys.stderr)
         return 2
     config = load_config(args.config)
     ledger, publisher, service = _services(config)
@@ -92,8 +97,15 @@ def _revoke(args: argparse.Namespace) -> int:
     try:
         if args.serial:
             result = service.revoke_serial(args.serial, args.reason, actor)
-        else:
+        elif args.subject:
             result = service.revoke_subject(args.subject, args.reason, actor)
+        else:
+            result = service.revoke_certificate(
+                load_certificate(args.cert),
+                load_certificate(config.pki.ca_cert),
+                args.reason,
+                actor,
+            )
     finally:
         ledger.close()
     for record in result.revoked:

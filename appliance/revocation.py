@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -103,6 +104,20 @@ class RevocationService:
             )
         return self._revoke([record], reason, actor)
 
+    def revoke_certificate(
+        self, cert: x509.Certificate, ca_cert: x509.Certificate, reason: str, actor: str
+    ) -> RevocationResult:
+        """A certificate our CA signed outside EST (an operator's, one made with openssl):
+        checked against the CA, recorded, then revoked like any other."""
+        reason = parse_reason(reason)
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise BadRequest("that certificate was not issued by this appliance's CA") from None
+        serial = format(cert.serial_number, "x")
+        record = self._ledger.find(serial) or self._record_foreign(cert)
+        return self._revoke([record], reason, actor)
+
     def revoke_subject(self, subject: str, reason: str, actor: str) -> RevocationResult:
         """Every certificate the device ever held that is not revoked yet: a superseded
         certificate still authenticates until it expires, so a lost pump loses all of them."""
@@ -156,24 +171,31 @@ class RevocationService:
     def _adopt_local(self, serial: str) -> IssuanceRecord | None:
         """The RA or server certificate from `init`, recorded so it can be revoked."""
         for cert in self._local():
-            if format(cert.serial_number, "x") != serial:
-                continue
-            record = IssuanceRecord(
-                serial=serial,
-                subject=cert.subject.rfc4514_string(),
-                sans=(),
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                requester="est-appliance init",
-                auth_method="local",
-                endpoint="init",
-                issued_at=cert.not_valid_before_utc,
-                der=cert.public_bytes(Encoding.DER),
-            )
-            with contextlib.suppress(DuplicateSerial):  # recorded meanwhile by another worker
-                self._ledger.record_issuance(record)
-            return self._ledger.find(serial)
+            if format(cert.serial_number, "x") == serial:
+                return self._record_foreign(cert)
         return None
+
+    def _record_foreign(self, cert: x509.Certificate) -> IssuanceRecord:
+        serial = format(cert.serial_number, "x")
+        record = IssuanceRecord(
+            serial=serial,
+            subject=cert.subject.rfc4514_string(),
+            sans=(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            # Not enrolled through EST: made by `init`, `issue-ra` or by hand with the CA key.
+            requester="outside EST",
+            auth_method="local",
+            endpoint="outside-est",
+            issued_at=cert.not_valid_before_utc,
+            der=cert.public_bytes(Encoding.DER),
+        )
+        with contextlib.suppress(DuplicateSerial):  # recorded meanwhile by another worker
+            self._ledger.record_issuance(record)
+        found = self._ledger.find(serial)
+        if found is None:  # pragma: no cover - just recorded
+            raise RuntimeError(f"certificate {serial} vanished from the ledger")
+        return found
 
 
 def _common_name(record: IssuanceRecord) -> str | None:
