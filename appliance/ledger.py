@@ -262,12 +262,14 @@ class Ledger(Protocol):
     def create_session(self, session: AdminSession) -> None:
         """Store a dashboard session."""
 
-    def find_session(self, token_hash: str) -> AdminSession | None: ...
+    def find_session(self, token_hash: str) -> AdminSession | None:
+        """The session whose token hashes to `token_hash`, expired or not; None if unknown."""
 
     def touch_session(self, token_hash: str, last_seen: dt.datetime) -> None:
         """Record activity on a session (idle timeout)."""
 
-    def delete_session(self, token_hash: str) -> None: ...
+    def delete_session(self, token_hash: str) -> None:
+        """End a session (sign-out, or found expired); unknown hashes are ignored."""
 
     def prune_sessions(self, now: dt.datetime) -> int:
         """Delete sessions past their absolute expiry; returns how many."""
