@@ -1,9 +1,10 @@
 """The load generator: several processes, each with threads, each thread one TLS connection.
 
 Python on purpose: Debian's wrk cannot present a TLS client certificate, which the keep-alive
-and new-connection modes are about, and ab posts one fixed body from a single process. To keep it from being the bottleneck it spreads over processes, builds
-every request's bytes before the clock starts, speaks the few lines of HTTP/1.1 it needs
-directly on the TLS socket, and reports its own CPU time so a reader can see its share.
+and new-connection modes are about, and ab posts one fixed body from a single process. To keep
+it from being the bottleneck it spreads over processes, builds every request's bytes before the
+clock starts, speaks the few lines of HTTP/1.1 it needs directly on the TLS socket, and reports
+its own CPU time so a reader can see its share.
 
 Modes (how the IQE gateway talks to the appliance):
 - keepalive: one persistent TLS connection per gateway with the RA certificate, /simpleenroll
