@@ -366,7 +366,11 @@ def _tls_error(exc: requests.exceptions.SSLError, gateway: Gateway) -> Enrollmen
             f"the appliance's TLS certificate does not chain to {gateway.ca_file}.",
             FIXES[Branch.TLS_TRUST],
         )
-    if any(
+    # TLS 1.3 checks the client certificate after the client has finished its handshake: a
+    # rejected RA certificate then shows up as an alert or, when the server's close overtakes
+    # the alert, as an EOF on the first read.
+    rejected_ra = gateway.approach is Approach.RA and "eof occurred" in lowered
+    if rejected_ra or any(
         word in lowered
         for word in ("unknown ca", "bad certificate", "certificate required", "alert")
     ):
