@@ -24,7 +24,7 @@ from typing import TextIO
 from simulator.appliance_process import ApplianceStartError
 from simulator.diagnose import diagnose
 from simulator.eapol import EapolError, authenticate
-from simulator.fleet import run_fleet
+from simulator.fleet import DEFAULT_EAP_CONCURRENCY, run_fleet
 from simulator.gateway import Approach, Gateway
 from simulator.lab import LabSettings, run_lab
 from simulator.pkcs7 import EXPECTED_FORMATS
@@ -100,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
         "--eap-tls",
         action="store_true",
         help="start a local FreeRADIUS trusting the EST CA and authenticate every pump",
+    )
+    p.add_argument(
+        "--eap-concurrency",
+        type=int,
+        default=DEFAULT_EAP_CONCURRENCY,
+        help=f"eapol_test processes at once (default {DEFAULT_EAP_CONCURRENCY})",
+    )
+    p.add_argument(
+        "--radius-debug",
+        action="store_true",
+        help="run FreeRADIUS as -X (one thread, full trace in the log) instead of threaded",
     )
     p.add_argument("--workdir", type=Path, help="where pump bundles go (default: temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the pump bundles afterwards")
@@ -274,8 +285,16 @@ def _fleet(args: argparse.Namespace) -> int:
             _announce_trust(gateway)
             radius = None
             if args.eap_tls:
-                radius = RadiusServer(gateway.trusted_ca_file(), workdir / "radius").start()
-                print(f"FreeRADIUS (EAP-TLS) on {radius.host}:{radius.port}")
+                # Threaded, errors-only logging unless asked: -X serves one request at a time
+                # and writes ~20 KB of trace per authentication.
+                radius = RadiusServer(
+                    gateway.trusted_ca_file(),
+                    workdir / "radius",
+                    debug=args.radius_debug,
+                    threads=max(1, args.eap_concurrency),
+                ).start()
+                mode = "-X" if radius.debug else f"{radius.threads} threads"
+                print(f"FreeRADIUS (EAP-TLS, {mode}) on {radius.host}:{radius.port}")
             try:
                 outcomes = run_fleet(
                     gateway,
@@ -285,6 +304,7 @@ def _fleet(args: argparse.Namespace) -> int:
                     prefix=args.prefix,
                     key_type=KeyType(args.key_type),
                     radius=radius,
+                    eap_concurrency=args.eap_concurrency,
                     progress=ProgressBar(),
                 )
             finally:
@@ -294,7 +314,11 @@ def _fleet(args: argparse.Namespace) -> int:
             groups=[Summary(gateway.approach.value, outcomes)],
             eap_checked=args.eap_tls,
             seconds=time.perf_counter() - started,
-            context={"appliance_url": gateway.base, "concurrency": args.concurrency},
+            context={
+                "appliance_url": gateway.base,
+                "concurrency": args.concurrency,
+                "eap_concurrency": args.eap_concurrency if args.eap_tls else None,
+            },
         )
         if args.keep or args.workdir:
             report.context["workdir"] = str(workdir)

@@ -13,6 +13,14 @@ the lab needs:
   such listeners are not tied to a virtual server and reject everything), and one client,
   127.0.0.1, with a random secret.
 
+Two ways to run it. `debug=True` (the default: the lab, diagnose, tests) is `freeradius -X`:
+single-threaded (-X implies -s) and a full trace of every exchange in the log, ~20 KB per
+authentication. `debug=False` (fleet runs) is `freeradius -f -l LOG`: the thread pool, sized by
+`threads`, and only info/error lines, which still carry every rejection's reason ("OpenSSL says
+error 20 : unable to get local issuer certificate", "Certificate CN (...) does not match
+specified value (...)", "certificate revoked"), so `reason_since` explains rejections in both.
+Both print "Ready to process requests" when ready.
+
 `crl_files` turns on `check_crl = yes`; FreeRADIUS then needs a CRL for every trusted CA and
 reads them at start, so a new CRL means `set_crl_files(...)` and `restart()` (about 60 ms).
 """
@@ -86,7 +94,11 @@ class RadiusServer:
         executable: str = "freeradius",
         raddb_template: Path = DEBIAN_RADDB,
         startup_timeout: float = 20.0,
+        debug: bool = True,
+        threads: int = 5,
     ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self.ca_file = Path(ca_file).resolve()
         self.folder = Path(folder).resolve()
         self.host = host
@@ -94,6 +106,8 @@ class RadiusServer:
         self.executable = executable
         self.raddb_template = raddb_template
         self.startup_timeout = startup_timeout
+        self.debug = debug
+        self.threads = threads
         self.secret = secrets.token_urlsafe(18)
         self.port = 0
         self.crl_files: tuple[Path, ...] = tuple(Path(p).resolve() for p in crl_files)
@@ -141,11 +155,12 @@ class RadiusServer:
             ok, last_error = self._launch()
             if ok:
                 log.info(
-                    "event=radius_started pid=%s addr=%s:%s crl=%s",
+                    "event=radius_started pid=%s addr=%s:%s crl=%s mode=%s",
                     self.pid,
                     self.host,
                     self.port,
                     "yes" if self.crl_files else "no",
+                    "debug" if self.debug else f"threads-{self.threads}",
                 )
                 return self
             if "in use" not in last_error:
@@ -256,6 +271,7 @@ class RadiusServer:
                 raddb=self.raddb,
                 logdir=self.folder / "log",
                 run_dir=self.folder / "run",
+                threads=self.threads,
             ),
             encoding="utf-8",
         )
@@ -290,8 +306,11 @@ class RadiusServer:
     def _launch(self) -> tuple[bool, str]:
         self.log_file.write_bytes(b"")  # an old "Ready" line must not fool the wait
         with self.log_file.open("ab") as handle:
+            # -X: one thread and a full trace; -f -l: foreground, the thread pool, and only
+            # info/error lines (each rejection's reason is one of them) in the same file.
+            mode = ["-X"] if self.debug else ["-f", "-l", str(self.log_file)]
             self._process = subprocess.Popen(
-                [self.executable, "-X", "-d", str(self.raddb)],
+                [self.executable, *mode, "-d", str(self.raddb)],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -315,7 +334,7 @@ def _require_executable(name: str) -> None:
         raise RadiusError(f"'{name}' is not installed; install it with: {INSTALL_HINT}")
 
 
-def _patch_radiusd(text: str, *, raddb: Path, logdir: Path, run_dir: Path) -> str:
+def _patch_radiusd(text: str, *, raddb: Path, logdir: Path, run_dir: Path, threads: int = 5) -> str:
     def setting(name: str, value: str, source: str) -> str:
         pattern = re.compile(rf"^(\s*){name}\s*=.*$", re.MULTILINE)
         if not pattern.search(source):
@@ -328,6 +347,11 @@ def _patch_radiusd(text: str, *, raddb: Path, logdir: Path, run_dir: Path) -> st
     text = setting("reject_delay", "0", text)
     # No proxying: its listener would bind every address ("proxy address *").
     text = setting("proxy_requests", "no", text)
+    # The thread pool (ignored under -X): start as many threads as authentications run at
+    # once, so a burst does not wait for the pool to grow; keep Debian's ceiling otherwise.
+    text = setting("start_servers", str(threads), text)
+    text = setting("max_servers", str(max(threads, 32)), text)
+    text = setting("max_spare_servers", str(max(threads, 10)), text)
     # Stay the calling user: `freerad` could not read a private temp folder.
     return re.sub(r"^(\s*)(user|group)\s*=.*$", r"\1# \2 (lab: run as caller)", text, flags=re.M)
 

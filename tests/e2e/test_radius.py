@@ -1,6 +1,7 @@
 """The access point side through the public API: RadiusServer trusts only the EST CA, ties the
 identity to the certificate's CN, keeps its port across restarts, and checks CRLs when given
-(the hook the revocation work builds on)."""
+(the hook the revocation work builds on) — both as `freeradius -X` (one thread, full trace) and
+threaded with errors-only logging (fleet runs), where the log must still explain rejections."""
 
 from __future__ import annotations
 
@@ -55,25 +56,43 @@ def write_crl(ca: CaFiles, revoked: list[x509.Certificate], path: Path) -> Path:
     return path
 
 
+def server_threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no thread count for {pid}")
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug-X", "threaded"])
 def test_radius_server_accepts_ours_rejects_strangers_and_checks_crls(
-    appliance: RunningAppliance, out: Path
+    appliance: RunningAppliance, out: Path, debug: bool
 ) -> None:
     lab = appliance.lab
-    good = enrolled_pump(appliance, "NPPRAD1", out)
-    revoked = enrolled_pump(appliance, "NPPRAD2", out)
+    tag = "X" if debug else "T"
+    good = enrolled_pump(appliance, f"NPPRAD{tag}1", out)
+    revoked = enrolled_pump(appliance, f"NPPRAD{tag}2", out)
     foreign_ca = create_ca(out / "foreign", "Foreign CA")
-    stranger = Pump.create("NPPRAD3", out / "NPPRAD3")
+    stranger = Pump.create(f"NPPRAD{tag}3", out / "stranger")
     stranger.install(
         [issue_client_certificate(foreign_ca, x509.load_der_x509_csr(stranger.csr_der))],
         [x509.load_pem_x509_certificate(foreign_ca.cert.read_bytes())],
     )
     # No server certificate given: the server makes its own identity; pumps trust that CA.
-    with RadiusServer(lab.ca_cert, out / "radius") as radius:
+    with RadiusServer(lab.ca_cert, out / "radius", debug=debug, threads=6) as radius:
+        assert radius.pid is not None
+        if debug:  # -X implies -s: no thread pool
+            assert server_threads(radius.pid) == 1
+        else:  # the pool as configured, and no per-request trace in the log
+            assert server_threads(radius.pid) >= 6
         assert radius.server_ca_file != lab.ca_cert
         assert authenticate(good, radius).accepted
         assert authenticate(revoked, radius).accepted
-        assert not authenticate(stranger, radius).accepted
-        impostor = authenticate(good, radius, identity="NPPRAD2", explain=True)
+        assert ("Received Access-Request" in radius.log_text()) is debug
+        foreign = authenticate(stranger, radius, explain=True)
+        assert not foreign.accepted
+        assert foreign.exit_code != 0
+        assert "unable to get local issuer certificate" in foreign.reason
+        impostor = authenticate(good, radius, identity=revoked.serial, explain=True)
         assert not impostor.accepted
         assert impostor.exit_code != 0
         assert "does not match" in impostor.reason
