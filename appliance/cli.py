@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance import __version__, audit
 from appliance.approvals import ApprovalGate
-from appliance.auth import hash_password
 from appliance.cli_lifecycle import with_lifecycle_commands
+from appliance.cli_passwords import change_password
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
@@ -26,7 +26,6 @@ from appliance.ledger_factory import describe, open_ledger, target_version, upgr
 from appliance.ledger_transfer import export_ledger, import_ledger
 from appliance.pki_init import create_pki, issue_ra
 from appliance.server import build_appliance, serve
-from appliance.users_file import set_user_hash
 
 log = logging.getLogger("appliance")
 
@@ -181,24 +180,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    load_config(args.config)  # refuse to edit a file that does not validate
-    if args.delete:
-        set_user_hash(args.config, args.user, None)
-        print(f"removed user {args.user} from {args.config}")
-        return 0
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"New password for {args.user}: ")
-        if getpass.getpass("Repeat it: ") != password:
-            print("est-appliance: the passwords differ; nothing changed", file=sys.stderr)
-            return 2
-    if len(password) < 12:
-        print("est-appliance: use at least 12 characters; nothing changed", file=sys.stderr)
-        return 2
-    set_user_hash(args.config, args.user, hash_password(password))
-    print(f"stored an Argon2id hash for {args.user} in {args.config}; restart the appliance")
-    return 0
+    return change_password(args, section="auth", who="user")
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from appliance.auth import hash_password
 from appliance.backup import backup, restore
+from appliance.cli_passwords import change_password
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.crl import CrlPublisher
@@ -203,11 +204,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _admin_passwd(args: argparse.Namespace) -> int:
-    load_config(args.config)  # refuse to edit a file that does not validate
-    if args.delete:
-        set_user_hash(args.config, args.user, None, section="admin")
-        print(f"removed operator {args.user} from {args.config}")
-        return 0
+    return change_password(args, section="admin", who="operator")
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
