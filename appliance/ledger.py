@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.errors import ApplianceError, ServiceUnavailable
 from appliance.group_commit import GroupCommit
@@ -476,34 +476,13 @@ class SqliteLedger:
         self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
     ) -> None:
         conn = self._connection()
-        values = (
-            record.serial,
-            record.subject,
-            "\n".join(record.sans),
-            record.not_before.isoformat(),
-            record.not_after.isoformat(),
-            record.requester,
-            record.auth_method,
-            record.endpoint,
-            record.issued_at.isoformat(),
-            record.der,
-            record.status,
-            record.replaces,
-            record.profile,
-            _iso(record.status_changed_at),
-        )
 
         def insert(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute(_INSERT, values)
+                conn.execute(_INSERT, insert_values(record))
             except sqlite3.IntegrityError as exc:
                 raise DuplicateSerial(record.serial) from exc
-            for serial in retire:
-                conn.execute(
-                    "UPDATE certificates SET status = ?, status_changed_at = ? "
-                    "WHERE serial = ? AND status = ?",
-                    (retire_as, record.issued_at.isoformat(), serial, VALID),
-                )
+            retire_certificates(conn, record, retire, retire_as)
 
         # Enrollments arrive by the hundred per second: commit them in groups (group_commit.py).
         self._group.run(conn, insert)
@@ -961,6 +940,38 @@ class SqliteLedger:
             self._connections.clear()
         self._local = threading.local()
         self._group.close()
+
+
+def insert_values(record: IssuanceRecord) -> tuple[object, ...]:
+    """The parameters of `_INSERT` for one record, shared by every backend."""
+    return (
+        record.serial,
+        record.subject,
+        "\n".join(record.sans),
+        record.not_before.isoformat(),
+        record.not_after.isoformat(),
+        record.requester,
+        record.auth_method,
+        record.endpoint,
+        record.issued_at.isoformat(),
+        record.der,
+        record.status,
+        record.replaces,
+        record.profile,
+        _iso(record.status_changed_at),
+    )
+
+
+def retire_certificates(
+    conn: Any, record: IssuanceRecord, retire: Sequence[str], retire_as: str
+) -> None:
+    """Mark the certificates a new one replaces, in the same transaction as its insert."""
+    for serial in retire:
+        conn.execute(
+            "UPDATE certificates SET status = ?, status_changed_at = ? "
+            "WHERE serial = ? AND status = ?",
+            (retire_as, record.issued_at.isoformat(), serial, VALID),
+        )
 
 
 def _split_sql(script: str) -> list[str]:

@@ -40,12 +40,13 @@ from appliance.ledger import (
     _INSERT,
     _MIGRATIONS,
     SUPERSEDED,
-    VALID,
     Approval,
     DuplicateSerial,
     IssuanceRecord,
     LedgerError,
     SqliteLedger,
+    insert_values,
+    retire_certificates,
 )
 
 log = logging.getLogger(__name__)
@@ -239,32 +240,11 @@ class PostgresLedger(SqliteLedger):
     def record_issuance(
         self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
     ) -> None:
-        values = (
-            record.serial,
-            record.subject,
-            "\n".join(record.sans),
-            record.not_before.isoformat(),
-            record.not_after.isoformat(),
-            record.requester,
-            record.auth_method,
-            record.endpoint,
-            record.issued_at.isoformat(),
-            record.der,
-            record.status,
-            record.replaces,
-            record.profile,
-            record.status_changed_at.isoformat() if record.status_changed_at else None,
-        )
         conn = self._connection()
         try:
             with self._write(conn):
-                conn.execute(_INSERT, values)
-                for serial in retire:
-                    conn.execute(
-                        "UPDATE certificates SET status = ?, status_changed_at = ? "
-                        "WHERE serial = ? AND status = ?",
-                        (retire_as, record.issued_at.isoformat(), serial, VALID),
-                    )
+                conn.execute(_INSERT, insert_values(record))
+                retire_certificates(conn, record, retire, retire_as)
         except pg_errors.UniqueViolation as exc:
             # The primary key holds across nodes: another node recorded this serial.
             raise DuplicateSerial(record.serial) from exc
