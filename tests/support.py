@@ -160,6 +160,28 @@ def curl(args: list[str], *, timeout: float = 30) -> tuple[int, dict[str, str], 
     return status, headers, body
 
 
+def curl_ra_enroll(
+    lab: Lab, url: str, csr: Path, *, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    """The integration guide's RA recipe: RA client certificate, raw DER CSR, real curl."""
+    return curl(
+        [
+            "--cacert",
+            str(lab.ca_cert),
+            "--cert",
+            str(lab.ra_cert),
+            "--key",
+            str(lab.ra_key),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            f"@{csr}",
+            url,
+        ],
+        timeout=timeout,
+    )
+
+
 def openssl(*args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["openssl", *args], input=input_bytes, capture_output=True, timeout=60, check=False

@@ -12,6 +12,7 @@ from tests.support import (
     LAB_PASSWORD,
     LAB_USER,
     curl,
+    curl_ra_enroll,
     make_csr,
     make_lab,
     openssl,
@@ -83,21 +84,7 @@ def test_key_algorithm_is_configurable(
     assert marker in dump
     csr, _key = make_csr(work, "ec-pump", newkey="rsa:2048")
     with running_appliance(lab) as appliance:
-        status, _h, _b = curl(
-            [
-                "--cacert",
-                str(lab.ca_cert),
-                "--cert",
-                str(lab.ra_cert),
-                "--key",
-                str(lab.ra_key),
-                "-H",
-                "Content-Type: application/pkcs10",
-                "--data-binary",
-                f"@{csr}",
-                appliance.url("simpleenroll"),
-            ]
-        )
+        status, _h, _b = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr)
         assert status == 200
 
 

@@ -12,6 +12,7 @@ from tests.support import (
     Lab,
     RunningAppliance,
     curl,
+    curl_ra_enroll,
     make_csr,
     openssl,
     pkcs7_certificates,
@@ -52,21 +53,7 @@ def test_ra_recipe_der_csr_on_simpleenroll(
     appliance: RunningAppliance, lab: Lab, work: Path
 ) -> None:
     csr_der, _key = make_csr(work, "test-pump-002")
-    status, _headers, body = curl(
-        [
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr_der}",
-            "--cacert",
-            str(lab.ca_cert),
-            appliance.url("simpleenroll"),
-        ]
-    )
+    status, _headers, body = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr_der)
     assert status == 200, body
     certs = pkcs7_certificates(body)
     assert "subject=CN = test-pump-002" in certs
@@ -88,21 +75,7 @@ def test_issued_pump_certificate_profile(appliance: RunningAppliance, lab: Lab, 
             "extendedKeyUsage=1.3.6.1.5.5.7.3.28,serverAuth",
         ),
     )
-    status, _h, body = curl(
-        [
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr_der}",
-            "--cacert",
-            str(lab.ca_cert),
-            appliance.url("simpleenroll"),
-        ]
-    )
+    status, _h, body = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr_der)
     assert status == 200, body
     text = openssl("x509", "-noout", "-text", input_bytes=pkcs7_certificates(body).encode())
     dump = text.stdout.decode()
@@ -124,21 +97,7 @@ def test_every_issued_certificate_is_in_the_ledger(
     appliance: RunningAppliance, lab: Lab, work: Path
 ) -> None:
     csr_der, _key = make_csr(work, "ledger-pump")
-    status, _h, body = curl(
-        [
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr_der}",
-            "--cacert",
-            str(lab.ca_cert),
-            appliance.url("simpleenroll"),
-        ]
-    )
+    status, _h, body = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr_der)
     assert status == 200
     serial = (
         openssl("x509", "-noout", "-serial", input_bytes=pkcs7_certificates(body).encode())

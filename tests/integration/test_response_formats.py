@@ -9,6 +9,7 @@ import pytest
 
 from tests.support import (
     curl,
+    curl_ra_enroll,
     make_csr,
     make_lab,
     pkcs7_certificates,
@@ -24,21 +25,7 @@ def test_enrollment_answer_in_configured_format(
     lab = make_lab(tmp_path_factory.mktemp(f"fmt-{fmt}"), {"gateway": {"response_format": fmt}})
     csr, _key = make_csr(work, f"pump-{fmt}")
     with running_appliance(lab) as appliance:
-        status, headers, body = curl(
-            [
-                "--cacert",
-                str(lab.ca_cert),
-                "--cert",
-                str(lab.ra_cert),
-                "--key",
-                str(lab.ra_key),
-                "-H",
-                "Content-Type: application/pkcs10",
-                "--data-binary",
-                f"@{csr}",
-                appliance.url("simpleenroll"),
-            ]
-        )
+        status, headers, body = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr)
         assert status == 200, body
         assert headers["content-length"] == str(len(body))
         if fmt == "der":

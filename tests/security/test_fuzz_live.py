@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.security.fuzz import FuzzRequest, RequestFactory
-from tests.support import LAB_PASSWORD, LAB_USER, Lab, RunningAppliance, curl, make_csr
+from tests.support import LAB_PASSWORD, LAB_USER, Lab, RunningAppliance, curl_ra_enroll, make_csr
 
 REQUESTS = 20_000
 WORKERS = 4
@@ -136,19 +136,5 @@ def test_twenty_thousand_malformed_requests_get_no_5xx(
     assert {400, 401, 404, 405, 415} <= set(statuses), statuses
     assert rss_after - rss_before < 64 * 1024, "appliance memory grew by more than 64 MiB"
     appliance.assert_alive()
-    status, _h, _b = curl(
-        [
-            "--cacert",
-            str(lab.ca_cert),
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            appliance.url("simpleenroll"),
-        ]
-    )
+    status, _h, _b = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr)
     assert status == 200, "the appliance must still enroll after the fuzz run"

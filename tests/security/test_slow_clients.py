@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Lab, curl, make_csr, make_lab, running_appliance
+from tests.support import Lab, curl_ra_enroll, make_csr, make_lab, running_appliance
 
 ATTACKER = "127.0.0.2"
 SILENT = 6
@@ -61,22 +61,7 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
 
 def _enroll_seconds(lab: Lab, url: str, csr: Path) -> float:
     started = time.monotonic()
-    status, _h, body = curl(
-        [
-            "--cacert",
-            str(lab.ca_cert),
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            url,
-        ],
-        timeout=20,
-    )
+    status, _h, body = curl_ra_enroll(lab, url, csr, timeout=20)
     assert status == 200, body
     return time.monotonic() - started
 
