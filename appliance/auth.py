@@ -155,6 +155,10 @@ class PasswordAuth:
         self._secret = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
         self._lock = threading.Lock()
+        # A gateway opening many connections at once sends the same credentials on each:
+        # verifications of one (user, password) wait for the first instead of all paying
+        # Argon2 side by side (striped, so memory stays fixed).
+        self._verifying = tuple(threading.Lock() for _ in range(64))
         # Unknown users are checked against this so that timing does not reveal which exist.
         self._dummy_hash = PASSWORD_HASHER.hash(secrets.token_urlsafe(16))
 
@@ -176,11 +180,17 @@ class PasswordAuth:
             raise
         if self._guard is not None:
             self._guard.check(user, address)
-        if self._recently_verified(user, password):
+        key = self._cache_key(user, password)
+        if self._recently_verified(key):
             return Identity(user, AuthMethod.PASSWORD)
-        stored = self._users.get(user)
-        # Constant time: Argon2 verify either way; unknown users against a dummy hash.
-        ok = self._verify(stored or self._dummy_hash, password) and stored is not None
+        with self._verifying[key[0] % len(self._verifying)]:
+            if self._recently_verified(key):
+                return Identity(user, AuthMethod.PASSWORD)
+            stored = self._users.get(user)
+            # Constant time: Argon2 verify either way; unknown users against a dummy hash.
+            ok = self._verify(stored or self._dummy_hash, password) and stored is not None
+            if ok:
+                self._remember(key)
         if not ok:
             refusal = Unauthorized("user name or password is wrong", realm=self._realm)
             if self._guard is not None:
@@ -191,7 +201,6 @@ class PasswordAuth:
             raise refusal
         if self._guard is not None:
             self._guard.succeeded(user, address)
-        self._remember(user, password)
         return Identity(user, AuthMethod.PASSWORD)
 
     def _parse(self, authorization: str | None) -> tuple[str, str]:
@@ -230,10 +239,9 @@ class PasswordAuth:
         message = user.encode() + b"\x00" + password.encode()
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
-    def _recently_verified(self, user: str, password: str) -> bool:
+    def _recently_verified(self, key: bytes) -> bool:
         if self._cache_seconds <= 0:
             return False
-        key = self._cache_key(user, password)
         with self._lock:
             expiry = self._verified.get(key)
             if expiry is None:
@@ -243,11 +251,10 @@ class PasswordAuth:
                 return False
             return True
 
-    def _remember(self, user: str, password: str) -> None:
+    def _remember(self, key: bytes) -> None:
         if self._cache_seconds <= 0:
             return
         now = self._monotonic()
-        key = self._cache_key(user, password)
         with self._lock:
             if len(self._verified) > 10_000:  # bound memory under credential stuffing
                 self._verified = {k: v for k, v in self._verified.items() if v >= now}

@@ -120,3 +120,38 @@ def pump_cert_pem() -> str:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_concurrent_logins_with_the_same_credentials_verify_once() -> None:
+    """A gateway opening many connections at once pays Argon2 once per process, not per thread."""
+    import threading
+
+    auth = PasswordAuth({"gw": HASH}, "EST", 300)
+    real_verify = auth._verify
+    calls: list[int] = []
+
+    def counting_verify(stored: str, password: str) -> bool:
+        calls.append(1)
+        return real_verify(stored, password)
+
+    auth._verify = counting_verify  # type: ignore[method-assign]
+    good = _basic("gw", "correct horse battery")
+    start = threading.Barrier(8)
+    identities = []
+
+    def login() -> None:
+        start.wait()
+        identities.append(auth.authenticate(good))
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(identities) == 8
+    assert calls == [1]
+    # Negative control: a wrong password is verified every time, never served from the cache.
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            auth.authenticate(_basic("gw", "wrong"))
+    assert len(calls) == 3
