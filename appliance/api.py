@@ -28,6 +28,7 @@ from appliance.devices import Fleet, device_json
 from appliance.errors import BadRequest, EstError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from appliance.identity import Identity
 from appliance.ledger import Ledger
+from appliance.request_facts import client_certificate_pem, header
 from appliance.revocation import RevocationResult, RevocationService, normalize_serial
 from appliance.web import read_body
 
@@ -64,7 +65,7 @@ class DeviceApi:
         status, reason, who = 200, "-", "-"
         try:
             identity = self._admin.api(
-                _header("Authorization"), _client_certificate_pem(), str(request.remote.ip)
+                header("Authorization"), client_certificate_pem(), str(request.remote.ip)
             )
             who = str(identity)
             data = self._route(segments, params, identity)
@@ -223,7 +224,7 @@ def _revocation_json(result: RevocationResult) -> object:
 
 
 def _reason_from_body() -> str:
-    content_type = (_header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    content_type = (header("Content-Type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise UnsupportedMediaType(
             'send the revocation as Content-Type: application/json, e.g. {"reason": '
@@ -251,19 +252,6 @@ def _int(params: dict[str, str], name: str, default: int, low: int, high: int) -
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}, got {raw[:20]!r}")
     return int(raw)
-
-
-def _header(name: str) -> str | None:
-    value = cherrypy.request.headers.get(name)
-    return str(value) if value is not None else None
-
-
-def _client_certificate_pem() -> str | None:
-    environ = cherrypy.request.wsgi_environ
-    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
-        return None
-    pem = environ.get("SSL_CLIENT_CERT")
-    return str(pem) if pem else None
 
 
 def _respond(status: int, data: object) -> bytes:

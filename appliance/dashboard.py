@@ -30,6 +30,7 @@ from appliance.crl import CrlPublisher
 from appliance.devices import Device, Fleet, Statistics
 from appliance.errors import BadRequest, EstError, Forbidden, MethodNotAllowed, Unauthorized
 from appliance.ledger import DEVICE_STATES
+from appliance.request_facts import client_certificate_pem
 from appliance.revocation import REASONS, RevocationService
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class Dashboard:
                 self._observe("dashboard", status, seconds, reason)
 
     def _optional_operator(self) -> OperatorSession | None:
-        identity = self._admin.certificate(_client_certificate_pem())
+        identity = self._admin.certificate(client_certificate_pem())
         if identity is not None:
             return self._admin.certificate_session(identity)
         cookie = cherrypy.request.cookie.get(SESSION_COOKIE)
@@ -386,14 +387,6 @@ def _same_origin() -> None:
     host = cherrypy.request.headers.get("Host", "")
     if urlsplit(origin).netloc != host:
         raise Forbidden("this form must be sent from the appliance's own dashboard")
-
-
-def _client_certificate_pem() -> str | None:
-    environ = cherrypy.request.wsgi_environ
-    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
-        return None
-    pem = environ.get("SSL_CLIENT_CERT")
-    return str(pem) if pem else None
 
 
 def dashboard_config() -> dict[str, dict[str, object]]:

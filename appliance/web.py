@@ -45,6 +45,7 @@ from appliance.errors import (
 from appliance.identity import Identity
 from appliance.policy import Channel
 from appliance.profiles import DEFAULT_LABEL, Profile
+from appliance.request_facts import client_certificate_pem, header
 from appliance.serverkeygen import encode_serverkeygen
 from appliance.service import EnrollmentService
 
@@ -175,7 +176,7 @@ class EstApplication:
 
     # RFC 7030 §4.2.2: the pump renews with its current certificate, or an RA on its behalf.
     def _simplereenroll(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity, current = self._ra_auth.authenticate_renewal(_client_certificate_pem())
+        identity, current = self._ra_auth.authenticate_renewal(client_certificate_pem())
         entry.identity = str(identity)
         csr = self._read_csr()
         cert = self._service.reenroll(
@@ -209,7 +210,7 @@ class EstApplication:
 
     # Enrollment with HTTP Basic (RFC 7030 §3.2.3), as the IQE gateway's password approach does.
     def _bootstrap(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity = self._password_auth.authenticate(_header("Authorization"), _peer())
+        identity = self._password_auth.authenticate(header("Authorization"), _peer())
         entry.identity = str(identity)
         csr = self._read_csr()
         cert = self._service.enroll(
@@ -218,9 +219,9 @@ class EstApplication:
         return _certificate(entry, cert, profile)
 
     def _authenticate_ra(self, entry: RequestLog, profile: Profile) -> Identity:
-        pem = _client_certificate_pem()
-        if pem is None and profile.allow_basic and _header("Authorization"):
-            identity = self._password_auth.authenticate(_header("Authorization"), _peer())
+        pem = client_certificate_pem()
+        if pem is None and profile.allow_basic and header("Authorization"):
+            identity = self._password_auth.authenticate(header("Authorization"), _peer())
         else:
             try:
                 identity = self._ra_auth.authenticate(pem)
@@ -235,7 +236,7 @@ class EstApplication:
         return identity
 
     def _read_csr(self) -> x509.CertificateSigningRequest:
-        content_type = _header("Content-Type") or ""
+        content_type = header("Content-Type") or ""
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != CSR_MEDIA_TYPE:
             raise UnsupportedMediaType(
@@ -326,19 +327,6 @@ def read_body(limit: int) -> bytes:
         cherrypy.response.headers["Connection"] = "close"
         raise too_large
     return data
-
-
-def _header(name: str) -> str | None:
-    value = cherrypy.request.headers.get(name)
-    return str(value) if value is not None else None
-
-
-def _client_certificate_pem() -> str | None:
-    environ = cherrypy.request.wsgi_environ
-    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
-        return None
-    pem = environ.get("SSL_CLIENT_CERT")
-    return str(pem) if pem else None
 
 
 def _respond(body: EncodedBody) -> bytes:

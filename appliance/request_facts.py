@@ -1,0 +1,20 @@
+"""What the handlers read from a CherryPy request, as plain strings for auth and services."""
+
+from __future__ import annotations
+
+import cherrypy
+
+
+def header(name: str) -> str | None:
+    value = cherrypy.request.headers.get(name)
+    return str(value) if value is not None else None
+
+
+def client_certificate_pem() -> str | None:
+    """The client certificate TLS verified against our CA (cheroot's SSL_CLIENT_* variables);
+    None when none was presented."""
+    environ = cherrypy.request.wsgi_environ
+    if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+        return None
+    pem = environ.get("SSL_CLIENT_CERT")
+    return str(pem) if pem else None
