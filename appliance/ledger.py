@@ -32,6 +32,14 @@ class DuplicateSerial(Exception):
     """The serial is already recorded; the caller signs again with a fresh one."""
 
 
+class SubjectTaken(Exception):
+    """Duplicate-subject policy `reject`: a valid certificate for the subject exists."""
+
+    def __init__(self, serial: str) -> None:
+        super().__init__(serial)
+        self.serial = serial
+
+
 class LedgerError(ApplianceError):
     """The ledger cannot be opened or upgraded (unreachable database, schema too old...);
     the message says what to do."""
@@ -162,10 +170,20 @@ class LoginThrottle:
 
 class Ledger(Protocol):
     def record_issuance(
-        self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
+        self,
+        record: IssuanceRecord,
+        *,
+        retire: Sequence[str] = (),
+        retire_as: str = SUPERSEDED,
+        subject_policy: str = "allow",
     ) -> None:
         """Commit the record durably, and in the same transaction move the still-valid
-        certificates `retire` to status `retire_as`; raise DuplicateSerial if the serial exists."""
+        certificates `retire` to status `retire_as`; raise DuplicateSerial if the serial exists.
+
+        `subject_policy` is the profile's duplicate-subject policy, decided inside the write
+        transaction so that concurrent requests for one subject cannot both pass it: `reject`
+        raises SubjectTaken when a valid, unexpired certificate for the subject exists;
+        `supersede` also retires every such certificate; `allow` looks at nothing."""
 
     def certificates(self, limit: int = 1000, offset: int = 0) -> Sequence[IssuanceRecord]:
         """Newest first."""
@@ -473,16 +491,24 @@ class SqliteLedger:
         return int(version)
 
     def record_issuance(
-        self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
+        self,
+        record: IssuanceRecord,
+        *,
+        retire: Sequence[str] = (),
+        retire_as: str = SUPERSEDED,
+        subject_policy: str = "allow",
     ) -> None:
         conn = self._connection()
 
         def insert(conn: sqlite3.Connection) -> None:
+            # One writer at a time (group commit + flock), so this check and the insert are
+            # atomic across threads and worker processes.
+            retiring = apply_subject_policy(conn, record, retire, subject_policy)
             try:
                 conn.execute(_INSERT, insert_values(record))
             except sqlite3.IntegrityError as exc:
                 raise DuplicateSerial(record.serial) from exc
-            retire_certificates(conn, record, retire, retire_as)
+            retire_certificates(conn, record, retiring, retire_as)
 
         # Enrollments arrive by the hundred per second: commit them in groups (group_commit.py).
         self._group.run(conn, insert)
@@ -960,6 +986,28 @@ def insert_values(record: IssuanceRecord) -> tuple[object, ...]:
         record.profile,
         _iso(record.status_changed_at),
     )
+
+
+def apply_subject_policy(
+    conn: Any, record: IssuanceRecord, retire: Sequence[str], policy: str
+) -> tuple[str, ...]:
+    """The duplicate-subject policy, run inside the write transaction; returns what to retire."""
+    if policy == "allow":
+        return tuple(retire)
+    rows = conn.execute(
+        "SELECT serial, not_after FROM certificates WHERE subject = ? AND status = ? "
+        "ORDER BY issued_at DESC, serial",
+        (record.subject, VALID),
+    ).fetchall()
+    current = [
+        str(serial)
+        for serial, not_after in rows
+        if dt.datetime.fromisoformat(str(not_after)) > record.issued_at
+        and str(serial) not in retire
+    ]
+    if current and policy == "reject":
+        raise SubjectTaken(current[0])
+    return (*retire, *current)
 
 
 def retire_certificates(

@@ -45,6 +45,7 @@ from appliance.ledger import (
     IssuanceRecord,
     LedgerError,
     SqliteLedger,
+    apply_subject_policy,
     insert_values,
     retire_certificates,
 )
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 # Advisory lock keys, any 64-bit numbers unique to this application ("EST-LMIG", "EST-LCRL").
 _MIGRATION_LOCK = 0x4553_542D_4C4D_4947
 _CRL_LOCK = 0x4553_542D_4C43_524C
+# Two-key advisory locks (int4, int4): this class, then hashtext(subject) ("ESTS").
+_SUBJECT_LOCK_CLASS = 0x4553_5453
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS ledger_schema (version INTEGER NOT NULL)"
 
@@ -238,13 +241,26 @@ class PostgresLedger(SqliteLedger):
         return int(row[0]) if row else 0
 
     def record_issuance(
-        self, record: IssuanceRecord, *, retire: Sequence[str] = (), retire_as: str = SUPERSEDED
+        self,
+        record: IssuanceRecord,
+        *,
+        retire: Sequence[str] = (),
+        retire_as: str = SUPERSEDED,
+        subject_policy: str = "allow",
     ) -> None:
         conn = self._connection()
         try:
             with self._write(conn):
+                if subject_policy != "allow":
+                    # Nodes enrolling the same subject at once take turns: the policy check
+                    # and the insert are atomic across the cluster.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(?, hashtext(?))",
+                        (_SUBJECT_LOCK_CLASS, record.subject),
+                    )
+                retiring = apply_subject_policy(conn, record, retire, subject_policy)
                 conn.execute(_INSERT, insert_values(record))
-                retire_certificates(conn, record, retire, retire_as)
+                retire_certificates(conn, record, retiring, retire_as)
         except pg_errors.UniqueViolation as exc:
             # The primary key holds across nodes: another node recorded this serial.
             raise DuplicateSerial(record.serial) from exc

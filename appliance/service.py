@@ -7,6 +7,7 @@ database can replace SQLite without touching this file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,15 @@ from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.identity import Identity
 from appliance.issuer import CertificateRequest
 from appliance.keys import SigningKey, generate_key
-from appliance.ledger import REVOKED, SUPERSEDED, VALID, DuplicateSerial, IssuanceRecord, Ledger
+from appliance.ledger import (
+    REVOKED,
+    SUPERSEDED,
+    VALID,
+    DuplicateSerial,
+    IssuanceRecord,
+    Ledger,
+    SubjectTaken,
+)
 from appliance.policy import Channel, pop_linked, same_subject_and_san, subject_has_common_name
 from appliance.profiles import DEFAULT_LABEL, Profile
 from appliance.ra_scope import RaScopes
@@ -42,6 +51,9 @@ class _Plan:
     retire: tuple[str, ...] = ()
     public_key: CertificatePublicKeyTypes | None = None
     kind: str = "enroll"
+    # The profile's duplicate-subject policy, enforced again by the ledger inside the write
+    # transaction: the check in _duplicate_policy only answers early.
+    subject_policy: str = "allow"
 
 
 class EnrollmentService:
@@ -234,21 +246,17 @@ class EnrollmentService:
         policy = profile.settings.duplicate_subject
         if policy == "allow":
             return plan
+        plan = dataclasses.replace(plan, subject_policy=policy)
         subject = csr.subject.rfc4514_string()
         existing = self._ledger.valid_for_subject(subject, self._clock())
         if not existing:
             return plan
         if policy == "reject":
-            raise Conflict(
-                f"a valid certificate for '{subject}' already exists (serial "
-                f"{existing[0].serial}); renew it with simplereenroll instead"
-            )
-        return _Plan(
-            plan.operation,
+            raise _subject_conflict(subject, existing[0].serial)
+        return dataclasses.replace(
+            plan,
             replaces=existing[0].serial,
             retire=tuple(r.serial for r in existing),
-            public_key=plan.public_key,
-            kind=plan.kind,
         )
 
     def _issue(
@@ -274,7 +282,15 @@ class EnrollmentService:
             cert = profile.issuer.issue_pump_certificate(request, plan.public_key)
             record = self._record(cert, identity, plan, profile)
             try:
-                self._ledger.record_issuance(record, retire=plan.retire, retire_as=retire_as)
+                self._ledger.record_issuance(
+                    record,
+                    retire=plan.retire,
+                    retire_as=retire_as,
+                    subject_policy=plan.subject_policy,
+                )
+            except SubjectTaken as taken:
+                # Another request for the same subject was recorded first.
+                raise _subject_conflict(record.subject, taken.serial) from None
             except DuplicateSerial:
                 # 159 random bits make this practically impossible; sign again rather than fail.
                 log.error("event=duplicate_serial serial=%x", cert.serial_number)
@@ -345,3 +361,10 @@ def describe_general_name(name: x509.GeneralName) -> str:
     if isinstance(name, x509.OtherName):
         return f"{kind}:{name.type_id.dotted_string}"
     return f"{kind}:{value}"
+
+
+def _subject_conflict(subject: str, serial: str) -> Conflict:
+    return Conflict(
+        f"a valid certificate for '{subject}' already exists (serial {serial}); renew it with "
+        "simplereenroll instead"
+    )

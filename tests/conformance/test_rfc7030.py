@@ -445,6 +445,36 @@ def test_duplicate_subject_policies_issue5(
         ledger.close()
 
 
+def test_duplicate_subject_reject_holds_under_concurrency_issue5(
+    appliance: RunningAppliance, lab: Lab, work: Path
+) -> None:
+    """Issue 5, `reject`: requests for one new subject racing each other get one certificate
+    and 409s, never two valid certificates (the ledger decides inside its write)."""
+    import threading
+
+    folders = [work / f"race-{i}" for i in range(6)]
+    for folder in folders:
+        folder.mkdir()
+    csrs = [new_csr(folder, "dup-race")[0] for folder in folders]
+    statuses: list[int] = []
+
+    def post(csr: Path) -> None:
+        status, _h, _b = _post(appliance, "simpleenroll", csr, *ra(lab), label="rfc")
+        statuses.append(status)
+
+    threads = [threading.Thread(target=post, args=(csr,)) for csr in csrs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200, 409, 409, 409, 409, 409], statuses
+    ledger = SqliteLedger(lab.ledger)
+    try:
+        assert len(ledger.valid_for_subject("CN=dup-race", dt.datetime.now(dt.UTC))) == 1
+    finally:
+        ledger.close()
+
+
 # --- csrattrs ----------------------------------------------------------------------------------
 
 

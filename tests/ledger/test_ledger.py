@@ -20,6 +20,7 @@ from appliance.ledger import (
     IssuanceRecord,
     Ledger,
     PendingRequest,
+    SubjectTaken,
 )
 from appliance.ledger_factory import open_ledger
 
@@ -133,6 +134,49 @@ def test_a_duplicate_serial_retires_nothing(ledger: Ledger) -> None:
         ledger.record_issuance(record(serial=first.serial), retire=(first.serial,))
     found = ledger.find(first.serial)
     assert found is not None and found.status == VALID  # the failed write rolled back whole
+
+
+def test_reject_policy_is_decided_inside_the_write(ledger: Ledger) -> None:
+    """RFC 7030 duplicate-subject policy `reject` (issue 5), atomic: of many writers for one
+    subject at once, exactly one is recorded; an expired or retired one does not count."""
+    expired = record(issued=NOW - dt.timedelta(days=400), days=30)
+    ledger.record_issuance(expired)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def enroll() -> None:
+        try:
+            ledger.record_issuance(record(issued=NOW), subject_policy="reject")
+            result = "recorded"
+        except SubjectTaken as taken:
+            result = f"taken:{taken.serial}"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=enroll) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("recorded") == 1, outcomes
+    (winner,) = ledger.valid_for_subject("CN=pump-1", NOW)
+    assert sorted(set(outcomes) - {"recorded"}) == [f"taken:{winner.serial}"]
+    # Negative control: another subject, and the same subject under `allow`, are recorded.
+    ledger.record_issuance(record("CN=pump-2"), subject_policy="reject")
+    ledger.record_issuance(record(issued=NOW), subject_policy="allow")
+
+
+def test_supersede_policy_retires_every_valid_certificate_of_the_subject(ledger: Ledger) -> None:
+    first, second = record(issued=NOW - dt.timedelta(days=2)), record(issued=NOW)
+    ledger.record_issuance(first)
+    ledger.record_issuance(second)  # recorded under `allow`: two valid at once
+    third = record(issued=NOW + dt.timedelta(seconds=1))
+    # The caller knew only of `first`; the ledger retires `second` too, in the same write.
+    ledger.record_issuance(third, retire=(first.serial,), subject_policy="supersede")
+    assert [r.serial for r in ledger.valid_for_subject("CN=pump-1", NOW)] == [third.serial]
+    for old in (first, second):
+        found = ledger.find(old.serial)
+        assert found is not None and found.status == SUPERSEDED
 
 
 def test_set_status(ledger: Ledger) -> None:
