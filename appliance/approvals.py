@@ -95,9 +95,6 @@ class ApprovalGate:
             raise Forbidden(f"request {approval.id} was rejected by an operator{decided}")
         return approval
 
-    def issued(self, approval: Approval, serial: str) -> None:
-        self._ledger.mark_issued(approval.id, serial)
-
     def decide(self, approval_id: int, approve: bool) -> Approval:
         """`est-appliance approve|reject ID`; ValueError names what is wrong."""
         state = ApprovalState.APPROVED if approve else ApprovalState.REJECTED

@@ -32,6 +32,10 @@ class DuplicateSerial(Exception):
     """The serial is already recorded; the caller signs again with a fresh one."""
 
 
+class AlreadyIssued(Exception):
+    """The approved request already has its certificate (a simultaneous re-send got it)."""
+
+
 class SubjectTaken(Exception):
     """Duplicate-subject policy `reject`: a valid certificate for the subject exists."""
 
@@ -176,6 +180,7 @@ class Ledger(Protocol):
         retire: Sequence[str] = (),
         retire_as: str = SUPERSEDED,
         subject_policy: str = "allow",
+        approval_id: int | None = None,
     ) -> None:
         """Commit the record durably, and in the same transaction move the still-valid
         certificates `retire` to status `retire_as`; raise DuplicateSerial if the serial exists.
@@ -183,7 +188,11 @@ class Ledger(Protocol):
         `subject_policy` is the profile's duplicate-subject policy, decided inside the write
         transaction so that concurrent requests for one subject cannot both pass it: `reject`
         raises SubjectTaken when a valid, unexpired certificate for the subject exists;
-        `supersede` also retires every such certificate; `allow` looks at nothing."""
+        `supersede` also retires every such certificate; `allow` looks at nothing.
+
+        `approval_id`: the approved request (RFC 7030 §4.2.3) this certificate answers; it is
+        linked in the same write, and AlreadyIssued is raised (nothing recorded) when the
+        request already has a certificate."""
 
     def certificates(self, limit: int = 1000, offset: int = 0) -> Sequence[IssuanceRecord]:
         """Newest first."""
@@ -497,6 +506,7 @@ class SqliteLedger:
         retire: Sequence[str] = (),
         retire_as: str = SUPERSEDED,
         subject_policy: str = "allow",
+        approval_id: int | None = None,
     ) -> None:
         conn = self._connection()
 
@@ -509,6 +519,7 @@ class SqliteLedger:
             except sqlite3.IntegrityError as exc:
                 raise DuplicateSerial(record.serial) from exc
             retire_certificates(conn, record, retiring, retire_as)
+            link_approval(conn, record, approval_id)
 
         # Enrollments arrive by the hundred per second: commit them in groups (group_commit.py).
         self._group.run(conn, insert)
@@ -1008,6 +1019,18 @@ def apply_subject_policy(
     if current and policy == "reject":
         raise SubjectTaken(current[0])
     return (*retire, *current)
+
+
+def link_approval(conn: Any, record: IssuanceRecord, approval_id: int | None) -> None:
+    """Give an approved request its certificate, once: a second issuance for it fails whole."""
+    if approval_id is None:
+        return
+    cursor = conn.execute(
+        "UPDATE approvals SET serial = ? WHERE id = ? AND serial IS NULL",
+        (record.serial, approval_id),
+    )
+    if cursor.rowcount != 1:
+        raise AlreadyIssued(record.serial)
 
 
 def retire_certificates(

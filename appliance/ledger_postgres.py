@@ -47,6 +47,7 @@ from appliance.ledger import (
     SqliteLedger,
     apply_subject_policy,
     insert_values,
+    link_approval,
     retire_certificates,
 )
 
@@ -247,6 +248,7 @@ class PostgresLedger(SqliteLedger):
         retire: Sequence[str] = (),
         retire_as: str = SUPERSEDED,
         subject_policy: str = "allow",
+        approval_id: int | None = None,
     ) -> None:
         conn = self._connection()
         try:
@@ -261,6 +263,7 @@ class PostgresLedger(SqliteLedger):
                 retiring = apply_subject_policy(conn, record, retire, subject_policy)
                 conn.execute(_INSERT, insert_values(record))
                 retire_certificates(conn, record, retiring, retire_as)
+                link_approval(conn, record, approval_id)
         except pg_errors.UniqueViolation as exc:
             # The primary key holds across nodes: another node recorded this serial.
             raise DuplicateSerial(record.serial) from exc

@@ -27,6 +27,7 @@ from appliance.ledger import (
     REVOKED,
     SUPERSEDED,
     VALID,
+    AlreadyIssued,
     DuplicateSerial,
     IssuanceRecord,
     Ledger,
@@ -287,7 +288,19 @@ class EnrollmentService:
                     retire=plan.retire,
                     retire_as=retire_as,
                     subject_policy=plan.subject_policy,
+                    approval_id=approval.id if approval is not None else None,
                 )
+            except AlreadyIssued:
+                # A simultaneous re-send of the same approved request was answered first:
+                # this one gets that certificate too (RFC 7030 §4.2.3), never a second one;
+                # a server-generated key, though, is delivered once only.
+                previous = self._issued_before(profile, plan.operation, csr)
+                if previous is None or plan.operation == "serverkeygen":
+                    raise Conflict(
+                        "this approved request was answered at the same moment by another "
+                        "connection; send a new CSR for another certificate"
+                    ) from None
+                return previous
             except SubjectTaken as taken:
                 # Another request for the same subject was recorded first.
                 raise _subject_conflict(record.subject, taken.serial) from None
@@ -295,8 +308,6 @@ class EnrollmentService:
                 # 159 random bits make this practically impossible; sign again rather than fail.
                 log.error("event=duplicate_serial serial=%x", cert.serial_number)
                 continue
-            if approval is not None:
-                self._approvals.issued(approval, record.serial)
             log.info(
                 "event=issued kind=%s profile=%s serial=%s replaces=%s retired=%s",
                 plan.kind,

@@ -663,6 +663,39 @@ def test_manual_approval_202_then_approve_rfc7030_4_2_3(
     assert "CN=approved-pump" not in cli(lab, "pending").stdout
 
 
+def test_approved_request_resent_at_once_gets_one_certificate_rfc7030_4_2_3(
+    appliance: RunningAppliance, lab: Lab, work: Path
+) -> None:
+    """RFC 7030 §4.2.3: simultaneous re-sends of one approved request all get the same
+    certificate; the ledger holds one, linked to the request."""
+    import threading
+
+    csr, _ = new_csr(work, "resent-pump")
+    status, _h, body = _post(appliance, "simpleenroll", csr, *ra(lab), label="manual")
+    assert status == 202, body
+    assert cli(lab, "approve", str(_pending_id(body))).returncode == 0
+    answers: list[tuple[int, bytes]] = []
+
+    def resend() -> None:
+        status, _h, body = _post(appliance, "simpleenroll", csr, *ra(lab), label="manual")
+        answers.append((status, body))
+
+    threads = [threading.Thread(target=resend) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _body in answers] == [200] * 6, answers
+    serials = {cert_of(body, base64_body=True).serial_number for _status, body in answers}
+    assert len(serials) == 1
+    ledger = SqliteLedger(lab.ledger)
+    try:
+        issued = ledger.valid_for_subject("CN=resent-pump", dt.datetime.now(dt.UTC))
+        assert [int(r.serial, 16) for r in issued] == list(serials)
+    finally:
+        ledger.close()
+
+
 def test_manual_approval_reject_rfc7030_4_2_3(
     appliance: RunningAppliance, lab: Lab, work: Path
 ) -> None:
