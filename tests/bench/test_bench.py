@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bench.csrs import pump_csrs
@@ -72,3 +73,23 @@ def test_load_generator_counts_refusals_instead_of_enrollments(tmp_path: Path) -
             raise AssertionError("a wrong password must not produce enrollments")
     finally:
         server.stop()
+
+
+def test_in_process_cpu_tool_enrolls_for_real_and_cleans_up(tmp_path: Path) -> None:
+    """`python -m bench.inproc` drives real enrollments through the WSGI app; it fails loudly
+    when one is not a 200 with a DER body, and leaves no lab (with its CA key) behind."""
+    before = set(Path(tempfile.gettempdir()).glob("est-inproc-*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.inproc", "--enrollments", "10", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("in-process: ") and "ms CPU per RA simpleenroll" in line
+    assert float(line.split()[1]) > 0
+    leftovers = set(Path(tempfile.gettempdir()).glob("est-inproc-*")) - before
+    assert not leftovers, leftovers
