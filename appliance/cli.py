@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from appliance import __version__, audit
 from appliance.approvals import ApprovalGate
 from appliance.cli_lifecycle import with_lifecycle_commands
-from appliance.cli_passwords import change_password
+from appliance.cli_passwords import add_password_arguments, change_password
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
@@ -82,13 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check)
 
     p = command("passwd", "set a bootstrap user's password (stored as an Argon2id hash)")
-    p.add_argument("user")
-    p.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input instead of prompting",
-    )
-    p.add_argument("--delete", action="store_true", help="remove the user")
+    add_password_arguments(p, who="user")
     p.set_defaults(func=_passwd)
 
     p = command("list", "list issued certificates, newest first")
@@ -185,11 +180,8 @@ def _passwd(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger = open_ledger(config.ledger)
-    try:
+    with closing(open_ledger(config.ledger)) as ledger:
         records = ledger.certificates(limit=args.limit)
-    finally:
-        ledger.close()
     if args.json:
         for r in records:
             print(
@@ -235,11 +227,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _pending(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger = open_ledger(config.ledger)
-    try:
+    with closing(open_ledger(config.ledger)) as ledger:
         approvals = ledger.approvals(None if args.all else ApprovalState.PENDING)
-    finally:
-        ledger.close()
     if args.json:
         for a in approvals:
             print(
@@ -375,11 +364,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 def _db_export(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger = open_ledger(config.ledger)
-    try:
+    with closing(open_ledger(config.ledger)) as ledger:
         summary = export_ledger(ledger, args.file)
-    finally:
-        ledger.close()
     print(
         f"exported {summary.certificates} certificates and {summary.approvals} requests "
         f"(CRL number {summary.crl_number}) from {describe(config.ledger)} to {args.file}"
@@ -389,11 +375,8 @@ def _db_export(args: argparse.Namespace) -> int:
 
 def _db_import(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger = open_ledger(config.ledger)
-    try:
+    with closing(open_ledger(config.ledger)) as ledger:
         summary = import_ledger(ledger, args.file)
-    finally:
-        ledger.close()
     print(
         f"imported {summary.certificates} certificates and {summary.approvals} requests "
         f"(CRL number {summary.crl_number}) into {describe(config.ledger)}; counts and "

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from appliance.auth import hash_password
 from appliance.backup import backup, restore
-from appliance.cli_passwords import change_password
+from appliance.cli_passwords import add_password_arguments, change_password
 from appliance.clock import utc_now
 from appliance.config import Config, load_config
 from appliance.crl import CrlPublisher
@@ -66,13 +66,7 @@ def with_lifecycle_commands(
     p.set_defaults(func=_restore)
 
     p = command("admin-passwd", "set an operator's password for the dashboard and device API")
-    p.add_argument("user")
-    p.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input instead of prompting",
-    )
-    p.add_argument("--delete", action="store_true", help="remove the operator")
+    add_password_arguments(p, who="operator")
     p.set_defaults(func=_admin_passwd)
     return parser
 

@@ -13,6 +13,17 @@ from appliance.users_file import set_user_hash
 MIN_LENGTH = 12
 
 
+def add_password_arguments(parser: argparse.ArgumentParser, *, who: str) -> None:
+    """The arguments `passwd` and `admin-passwd` share."""
+    parser.add_argument("user")
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of prompting",
+    )
+    parser.add_argument("--delete", action="store_true", help=f"remove the {who}")
+
+
 def change_password(args: argparse.Namespace, *, section: str, who: str) -> int:
     """Set (or with --delete, remove) `args.user` under `<section>.users` in config.yaml."""
     load_config(args.config)  # refuse to edit a file that does not validate
