@@ -28,9 +28,8 @@ from appliance.devices import Fleet, device_json
 from appliance.errors import BadRequest, EstError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from appliance.identity import Identity
 from appliance.ledger import Ledger
-from appliance.request_facts import client_certificate_pem, header
+from appliance.request_facts import client_certificate_pem, header, read_body
 from appliance.revocation import RevocationResult, RevocationService, normalize_serial
-from appliance.web import read_body
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from appliance.admin_auth import AdminAuth
 from appliance.api import API_PREFIX, DeviceApi, json_error_page
+from appliance.cherrypy_pages import error_page
 from appliance.clock import Clock
 from appliance.config import Config
 from appliance.crl import CrlPublisher
@@ -30,7 +31,7 @@ from appliance.lockout import LoginGuard
 from appliance.metrics import ENROLLING, Metrics, endpoint_label
 from appliance.pem_files import load_certificate
 from appliance.revocation import RevocationService
-from appliance.web import RequestLog, error_page
+from appliance.web import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Lifecycle:
                 reason=entry.code if entry.code != "-" else "internal",
                 detail=entry.reason,
                 requester=entry.identity,
-                peer=str(cherrypy.request.remote.ip or "-"),
+                peer=entry.peer,
             )
 
     def mount(self) -> list[Any]:

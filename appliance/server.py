@@ -9,9 +9,11 @@ import cherrypy
 
 from appliance import audit
 from appliance.auth import PasswordAuth, RaCertificateAuth
+from appliance.cherrypy_pages import Root, error_page
 from appliance.clock import Clock, utc_now
 from appliance.config import Config
 from appliance.errors import PkiError
+from appliance.est_wsgi import ApplianceWsgi
 from appliance.issuer import CaMaterial, public_keys_match
 from appliance.ledger import Ledger
 from appliance.ledger_factory import describe, open_ledger
@@ -24,7 +26,7 @@ from appliance.ra_scope import RaScopes
 from appliance.service import EnrollmentService
 from appliance.tls import server_context
 from appliance.tls_adapter import register_adapter
-from appliance.web import EST_PREFIX, EstApplication, Root, error_page
+from appliance.web import EST_PREFIX, EstApplication
 from appliance.workers import effective_workers, prepare_http_server, serve_workers
 
 log = logging.getLogger(__name__)
@@ -111,14 +113,16 @@ def configure_cherrypy(appliance: Appliance) -> None:
             "tools.trailing_slash.on": False,
         }
     }
-    apps = [
-        cherrypy.tree.mount(appliance.web, EST_PREFIX, app_config),
-        cherrypy.tree.mount(Root(), "", app_config),
-    ]
+    apps = [cherrypy.tree.mount(Root(), "", app_config)]
     if appliance.lifecycle is not None:
         apps += appliance.lifecycle.mount()
         appliance.lifecycle.subscribe(cherrypy.engine)
-    prepare_http_server(config.server, apps)
+    prepare_http_server(config.server, wsgi_application(appliance), apps)
+
+
+def wsgi_application(appliance: Appliance) -> ApplianceWsgi:
+    """What cheroot calls for every request: EST directly, the rest through CherryPy."""
+    return ApplianceWsgi(appliance.web, cherrypy.tree)
 
 
 def serve(config: Config) -> None:

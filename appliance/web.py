@@ -1,9 +1,14 @@
-"""CherryPy handlers for /.well-known/est/: each a few lines, and the one error mapping.
+"""The handlers for /.well-known/est/: each a few lines, and the one error mapping.
 
 The handlers only move bytes: they read the request (body, client certificate, Authorization
 header), call auth/codec/service, and write the answer. `_respond_error` is the only place
 that turns an error into an HTTP status; anything unexpected becomes a 500 whose detail stays
 in the log, tagged with the request id the client also sees.
+
+Nothing here knows the web framework: an `EstRequest` comes in, an `EstAnswer` goes out.
+est_wsgi.py serves them under cheroot (CherryPy's HTTP server) directly, because CherryPy's
+per-request machinery cost about a fifth of a worker's CPU on the enrollment path
+(docs/PERFORMANCE.md); the dashboard, API and metrics stay CherryPy applications.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
-import cherrypy
 from cryptography import x509
 
 from appliance import audit
@@ -45,7 +50,6 @@ from appliance.errors import (
 from appliance.identity import Identity
 from appliance.policy import Channel
 from appliance.profiles import DEFAULT_LABEL, Profile
-from appliance.request_facts import client_certificate_pem, header
 from appliance.serverkeygen import encode_serverkeygen
 from appliance.service import EnrollmentService
 
@@ -55,12 +59,69 @@ EST_PREFIX = "/.well-known/est"
 CSR_MEDIA_TYPE = "application/pkcs10"
 
 
+@dataclass(frozen=True)
+class EstRequest:
+    """One request as the handlers see it: plain values, no framework."""
+
+    method: str
+    segments: tuple[str, ...]  # the path below EST_PREFIX, split at '/', empty parts dropped
+    peer: str  # the TCP peer; forwarded-for headers are client-chosen and never trusted
+    headers: Mapping[str, str]  # by lower-case name
+    body: BinaryIO
+    # TLS facts from the server: SSL_CLIENT_VERIFY, SSL_CLIENT_CERT, SSL_PROTOCOL, SSL_TLS_UNIQUE.
+    tls: Mapping[str, Any]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def client_certificate_pem(self) -> str | None:
+        """The client certificate TLS verified against our CA; None when none was presented."""
+        if self.tls.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+            return None
+        pem = self.tls.get("SSL_CLIENT_CERT")
+        return str(pem) if pem else None
+
+    def channel(self) -> Channel:
+        """The TLS facts PoP linking needs (RFC 7030 §3.5)."""
+        unique = self.tls.get("SSL_TLS_UNIQUE")
+        protocol = self.tls.get("SSL_PROTOCOL")
+        return Channel(
+            protocol=str(protocol) if protocol else None,
+            tls_unique=base64.b64decode(unique) if unique else None,
+        )
+
+    def read_body(self, limit: int) -> bytes:
+        """The raw request body, at most `limit` bytes, or 413 (which also ends the connection:
+        cheroot closes after every 413, so an unread remainder is never taken for a request)."""
+        too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+        length = self.header("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        try:
+            data = self.body.read(limit + 1)
+        except OSError:
+            # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
+            raise too_large from None
+        if len(data) > limit:
+            raise too_large
+        return bytes(data)
+
+
+@dataclass(frozen=True)
+class EstAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
 @dataclass
 class RequestLog:
     """What the one log line of a request says; filled in as the request moves along."""
 
     request_id: str
     endpoint: str
+    peer: str = "-"
+    method: str = "-"
     identity: str = "-"
     serial: str = "-"
     reason: str = "-"
@@ -75,7 +136,7 @@ RequestObserver = Callable[[RequestLog, tuple[str, ...], int, float], None]
 @dataclass(frozen=True)
 class Operation:
     methods: tuple[str, ...]
-    handler: Callable[[RequestLog, Profile], EncodedBody]
+    handler: Callable[[EstRequest, RequestLog, Profile], EncodedBody]
 
 
 class EstApplication:
@@ -113,12 +174,15 @@ class EstApplication:
             fmt: encode_pkcs7(chain_der, fmt, PKCS7_MIME) for fmt in RESPONSE_FORMATS
         }
 
-    @cherrypy.expose  # type: ignore[untyped-decorator]
-    def default(self, *segments: str, **_params: str) -> bytes:
-        request = cherrypy.request
-        entry = RequestLog(request_id=secrets.token_hex(6), endpoint="/".join(segments) or "-")
+    def handle(self, request: EstRequest) -> EstAnswer:
+        segments = request.segments
+        entry = RequestLog(
+            request_id=secrets.token_hex(6),
+            endpoint="/".join(segments) or "-",
+            peer=request.peer,
+            method=request.method,
+        )
         started = time.perf_counter()
-        cherrypy.response.headers["X-Request-Id"] = entry.request_id
         try:
             profile, operation = self._resolve(segments)
             if request.method not in operation.methods:
@@ -126,23 +190,23 @@ class EstApplication:
                     f"{request.method} is not allowed on {entry.endpoint}",
                     allow=operation.methods,
                 )
-            body = operation.handler(entry, profile)
+            body = operation.handler(request, entry, profile)
             _audit_success(entry, profile)
-            return _respond(body)
+            answer = _respond(body)
         except EstError as error:
             entry.reason = error.message
             entry.code = error.reason
             _audit_refusal(entry, error)
-            return _respond_error(error)
+            answer = _respond_error(error)
         except Exception:
             log.exception("event=internal_error request_id=%s", entry.request_id)
             entry.reason = "internal error"
-            return _respond_internal_error(entry.request_id)
-        finally:
-            _log_request(entry, started)
-            if self._observe is not None:
-                status = int(str(cherrypy.response.status).split(" ", 1)[0])
-                self._observe(entry, segments, status, time.perf_counter() - started)
+            answer = _respond_internal_error(entry.request_id)
+        answer.headers["X-Request-Id"] = entry.request_id
+        _log_request(entry, answer.status, started)
+        if self._observe is not None:
+            self._observe(entry, segments, answer.status, time.perf_counter() - started)
+        return answer
 
     def _resolve(self, segments: tuple[str, ...]) -> tuple[Profile, Operation]:
         if len(segments) == 1:
@@ -162,66 +226,75 @@ class EstApplication:
         return self._service.profile(label), operation
 
     # RFC 7030 §4.1: the CA certificates, no authentication.
-    def _cacerts(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+    def _cacerts(self, request: EstRequest, entry: RequestLog, profile: Profile) -> EncodedBody:
         return self._cacerts_bodies[profile.response_format]
 
     # RFC 7030 §4.2.1: enrollment by an RA authenticated with its TLS client certificate.
-    def _simpleenroll(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity = self._authenticate_ra(entry, profile)
-        csr = self._read_csr()
+    def _simpleenroll(
+        self, request: EstRequest, entry: RequestLog, profile: Profile
+    ) -> EncodedBody:
+        identity = self._authenticate_ra(request, entry, profile)
+        csr = self._read_csr(request)
         cert = self._service.enroll(
-            csr, identity, "simpleenroll", label=profile.label, channel=_channel()
+            csr, identity, "simpleenroll", label=profile.label, channel=request.channel()
         )
         return _certificate(entry, cert, profile)
 
     # RFC 7030 §4.2.2: the pump renews with its current certificate, or an RA on its behalf.
-    def _simplereenroll(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity, current = self._ra_auth.authenticate_renewal(client_certificate_pem())
+    def _simplereenroll(
+        self, request: EstRequest, entry: RequestLog, profile: Profile
+    ) -> EncodedBody:
+        identity, current = self._ra_auth.authenticate_renewal(request.client_certificate_pem())
         entry.identity = str(identity)
-        csr = self._read_csr()
+        csr = self._read_csr(request)
         cert = self._service.reenroll(
-            csr, identity, current=current, label=profile.label, channel=_channel()
+            csr, identity, current=current, label=profile.label, channel=request.channel()
         )
         return _certificate(entry, cert, profile)
 
     # RFC 7030 §4.4: the appliance generates the key for a pump that cannot.
-    def _serverkeygen(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity = self._authenticate_ra(entry, profile)
-        csr = self._read_csr()
+    def _serverkeygen(
+        self, request: EstRequest, entry: RequestLog, profile: Profile
+    ) -> EncodedBody:
+        identity = self._authenticate_ra(request, entry, profile)
+        csr = self._read_csr(request)
         cert, key = self._service.serverkeygen(
-            csr, identity, label=profile.label, channel=_channel()
+            csr, identity, label=profile.label, channel=request.channel()
         )
         entry.serial = format(cert.serial_number, "x")
         entry.extra["subject"] = cert.subject.rfc4514_string()
         return encode_serverkeygen(cert, key, profile.response_format)
 
     # RFC 7030 §4.5: what the CSR should contain; 204 when the profile asks for nothing.
-    def _csrattrs(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+    def _csrattrs(self, request: EstRequest, entry: RequestLog, profile: Profile) -> EncodedBody:
         if profile.csr_attributes is None:
             return EncodedBody.no_content()
         return encode_csr_attributes(profile.csr_attributes, profile.response_format)
 
     # RFC 7030 §4.3: Full CMC is optional and not offered here.
-    def _fullcmc(self, entry: RequestLog, profile: Profile) -> EncodedBody:
+    def _fullcmc(self, request: EstRequest, entry: RequestLog, profile: Profile) -> EncodedBody:
         raise NotImplementedOperation(
             "fullcmc (RFC 7030 §4.3) is not offered by this appliance; use simpleenroll, "
             "simplereenroll or serverkeygen"
         )
 
     # Enrollment with HTTP Basic (RFC 7030 §3.2.3), as the IQE gateway's password approach does.
-    def _bootstrap(self, entry: RequestLog, profile: Profile) -> EncodedBody:
-        identity = self._password_auth.authenticate(header("Authorization"), _peer())
+    def _bootstrap(self, request: EstRequest, entry: RequestLog, profile: Profile) -> EncodedBody:
+        identity = self._password_auth.authenticate(request.header("Authorization"), request.peer)
         entry.identity = str(identity)
-        csr = self._read_csr()
+        csr = self._read_csr(request)
         cert = self._service.enroll(
-            csr, identity, "bootstrap", label=profile.label, channel=_channel()
+            csr, identity, "bootstrap", label=profile.label, channel=request.channel()
         )
         return _certificate(entry, cert, profile)
 
-    def _authenticate_ra(self, entry: RequestLog, profile: Profile) -> Identity:
-        pem = client_certificate_pem()
-        if pem is None and profile.allow_basic and header("Authorization"):
-            identity = self._password_auth.authenticate(header("Authorization"), _peer())
+    def _authenticate_ra(
+        self, request: EstRequest, entry: RequestLog, profile: Profile
+    ) -> Identity:
+        pem = request.client_certificate_pem()
+        authorization = request.header("Authorization")
+        if pem is None and profile.allow_basic and authorization:
+            identity = self._password_auth.authenticate(authorization, request.peer)
         else:
             try:
                 identity = self._ra_auth.authenticate(pem)
@@ -235,8 +308,8 @@ class EstApplication:
         entry.identity = str(identity)
         return identity
 
-    def _read_csr(self) -> x509.CertificateSigningRequest:
-        content_type = header("Content-Type") or ""
+    def _read_csr(self, request: EstRequest) -> x509.CertificateSigningRequest:
+        content_type = request.header("Content-Type") or ""
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != CSR_MEDIA_TYPE:
             raise UnsupportedMediaType(
@@ -244,18 +317,13 @@ class EstApplication:
                 f"'{media_type or 'nothing'}'; send the CSR with "
                 f"'Content-Type: {CSR_MEDIA_TYPE}'"
             )
-        return decode_csr(read_body(self._max_body))
+        return decode_csr(request.read_body(self._max_body))
 
 
 def _certificate(entry: RequestLog, cert: x509.Certificate, profile: Profile) -> EncodedBody:
     entry.serial = format(cert.serial_number, "x")
     entry.extra["subject"] = cert.subject.rfc4514_string()
     return encode_certs_only([cert], profile.response_format)
-
-
-def _peer() -> str:
-    """The TCP peer address; forwarded-for headers are client-chosen and never trusted."""
-    return str(cherrypy.request.remote.ip or "-")
 
 
 # Audit trail (audit.py): who got which certificate from where, and who was turned away.
@@ -270,7 +338,7 @@ def _audit_success(entry: RequestLog, profile: Profile) -> None:
         operation=operation,
         profile=profile.name,
         by=entry.identity,
-        address=_peer(),
+        address=entry.peer,
         request_id=entry.request_id,
     )
 
@@ -292,81 +360,43 @@ def _audit_refusal(entry: RequestLog, error: EstError) -> None:
         event,
         operation=entry.endpoint,
         by=entry.identity,
-        address=_peer(),
+        address=entry.peer,
         reason=error.message,
         request_id=entry.request_id,
     )
 
 
-def _channel() -> Channel:
-    """The TLS facts PoP linking needs (RFC 7030 §3.5), from the TLS adapter's environ."""
-    environ = cherrypy.request.wsgi_environ
-    unique = environ.get("SSL_TLS_UNIQUE")
-    protocol = environ.get("SSL_PROTOCOL")
-    return Channel(
-        protocol=str(protocol) if protocol else None,
-        tls_unique=base64.b64decode(unique) if unique else None,
+def _respond(body: EncodedBody) -> EstAnswer:
+    # RFC 9110 §8.6: a 204 carries no Content-Type (and no Content-Length, est_wsgi.py).
+    return EstAnswer(body.status, body.headers(), body.content)
+
+
+def _respond_error(error: EstError) -> EstAnswer:
+    headers = {"Content-Type": "text/plain; charset=utf-8", **error.headers()}
+    return EstAnswer(error.status, headers, (error.message + "\n").encode("utf-8"))
+
+
+def _respond_internal_error(request_id: str) -> EstAnswer:
+    return EstAnswer(
+        500,
+        {"Content-Type": "text/plain; charset=utf-8"},
+        (
+            f"internal error in the EST appliance; the operator can find request id "
+            f"{request_id} in its log\n"
+        ).encode(),
     )
 
 
-def read_body(limit: int) -> bytes:
-    """The raw request body, at most `limit` bytes, or 413."""
-    request = cherrypy.request
-    length = request.headers.get("Content-Length")
-    too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
-    if length is not None and length.isdigit() and int(length) > limit:
-        cherrypy.response.headers["Connection"] = "close"
-        raise too_large
-    try:
-        data: bytes = request.body.read(limit + 1)
-    except OSError:
-        # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
-        cherrypy.response.headers["Connection"] = "close"
-        raise too_large from None
-    if len(data) > limit:
-        cherrypy.response.headers["Connection"] = "close"
-        raise too_large
-    return data
-
-
-def _respond(body: EncodedBody) -> bytes:
-    cherrypy.response.status = body.status
-    cherrypy.response.headers.update(body.headers())
-    if body.status == 204:
-        # RFC 9110 §8.6: a 204 carries no Content-Length; CherryPy's default text/html goes too.
-        cherrypy.response.headers.pop("Content-Type", None)
-    return body.content
-
-
-def _respond_error(error: EstError) -> bytes:
-    response = cherrypy.response
-    response.status = error.status
-    response.headers["Content-Type"] = "text/plain; charset=utf-8"
-    response.headers.update(error.headers())
-    return (error.message + "\n").encode("utf-8")
-
-
-def _respond_internal_error(request_id: str) -> bytes:
-    response = cherrypy.response
-    response.status = 500
-    response.headers["Content-Type"] = "text/plain; charset=utf-8"
-    return (
-        f"internal error in the EST appliance; the operator can find request id {request_id} "
-        "in its log\n"
-    ).encode()
-
-
-def _log_request(entry: RequestLog, started: float) -> None:
-    request = cherrypy.request
+def _log_request(entry: RequestLog, status: int, started: float) -> None:
     log.info(
         "event=request id=%s peer=%s method=%s endpoint=%s identity=%s status=%s serial=%s "
         "ms=%.1f reason=%s",
         entry.request_id,
-        request.remote.ip,
-        request.method,
+        entry.peer,
+        entry.method,
         entry.endpoint,
         entry.identity,
-        str(cherrypy.response.status).split(" ", 1)[0],
+        status,
         entry.serial,
         (time.perf_counter() - started) * 1000,
         _quote(entry.reason),
@@ -377,24 +407,3 @@ def _quote(text: str) -> str:
     if text == "-":
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
-
-
-def error_page(status: str, message: str, traceback: str, version: str) -> str:
-    """CherryPy's own errors (unknown path, oversize header...) as one plain sentence."""
-    cherrypy.response.headers["Content-Type"] = "text/plain; charset=utf-8"
-    code = status.split(" ", 1)[0]
-    if code == "404":
-        return f"nothing at {cherrypy.request.path_info}; EST operations live under {EST_PREFIX}/\n"
-    if code.startswith("5"):
-        return "internal error in the EST appliance; see its log\n"
-    return f"{message}\n"
-
-
-class Root:
-    """Everything outside /.well-known/est answers 404 with a pointer to the right place."""
-
-    @cherrypy.expose  # type: ignore[untyped-decorator]
-    def default(self, *_segments: str, **_params: str) -> bytes:
-        cherrypy.response.status = 404
-        cherrypy.response.headers["Content-Type"] = "text/plain; charset=utf-8"
-        return f"nothing here; EST operations live under {EST_PREFIX}/\n".encode()

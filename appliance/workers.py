@@ -123,8 +123,12 @@ class _SharedPortAdapter(ServerAdapter):  # type: ignore[misc]
 LISTEN_BACKLOG = 1024
 
 
-def prepare_http_server(server: ServerConfig, apps: Sequence[Any] = ()) -> None:
-    """Create CherryPy's cheroot server now, to set what CherryPy's config keys cannot reach."""
+def prepare_http_server(
+    server: ServerConfig, wsgi_app: Any = None, apps: Sequence[Any] = ()
+) -> None:
+    """Create CherryPy's cheroot server now, to set what CherryPy's config keys cannot reach:
+    the WSGI application (est_wsgi.ApplianceWsgi instead of the bare CherryPy tree), the
+    keep-alive limit and the connection class."""
     for app in apps:
         # web.py logs one line per request; CherryPy would still format its own access line
         # for every request (measured: ~3% of a worker's CPU) only to have it discarded.
@@ -133,6 +137,8 @@ def prepare_http_server(server: ServerConfig, apps: Sequence[Any] = ()) -> None:
     adapter.socket_queue_size = LISTEN_BACKLOG
     httpserver, _bind_addr = adapter.httpserver_from_self()
     httpserver.keep_alive_conn_limit = server.keepalive_connections
+    if wsgi_app is not None:
+        httpserver.wsgi_app = wsgi_app
     adapter.httpserver = httpserver
 
 

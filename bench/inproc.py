@@ -3,8 +3,8 @@
 The full benchmark (`python -m bench`) measures the appliance as the gateways see it, and on a
 shared 2-core machine its rates move by 10-20 % between runs with the load of other sessions.
 A change that removes 3 % of the per-request work drowns in that. This measures the same
-request path with the noise taken out: one process, one thread, the CherryPy application
-called through WSGI exactly as cheroot calls it (the RA's verified client certificate in the
+request path with the noise taken out: one process, one thread, the appliance's WSGI
+application called exactly as cheroot calls it (the RA's verified client certificate in the
 environ, as the TLS adapter puts it there), against a real lab made by `est-appliance init`,
 with the SQLite ledger, the audit file, metrics and the INFO log all on. It reports the process
 CPU time (`time.process_time`, so the ledger's fsync waits do not count) per enrollment, best
@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cherrypy
-
 from appliance.config import load_config
-from appliance.server import build_appliance, configure_cherrypy
+from appliance.est_wsgi import WsgiApp
+from appliance.server import build_appliance, configure_cherrypy, wsgi_application
 from bench.csrs import pump_csrs
 from bench.lab import make_lab
 
@@ -65,6 +64,7 @@ def _measure(folder: Path, args: argparse.Namespace) -> float:
     )
     appliance = build_appliance(config)
     configure_cherrypy(appliance)
+    app = wsgi_application(appliance)
     ra_pem = lab.path("iqe-ra-cert.pem").read_text(encoding="ascii")
     csrs = pump_csrs(args.enrollments * args.rounds, keys=8)
 
@@ -73,14 +73,14 @@ def _measure(folder: Path, args: argparse.Namespace) -> float:
         batch = csrs[round_ * args.enrollments : (round_ + 1) * args.enrollments]
         cpu = time.process_time()
         for csr in batch:
-            _enroll(ra_pem, csr)
+            _enroll(app, ra_pem, csr)
         best = min(best, (time.process_time() - cpu) / len(batch))
     appliance.ledger.close()
     logging.shutdown()
     return best
 
 
-def _enroll(ra_pem: str, csr: bytes) -> None:
+def _enroll(app: WsgiApp, ra_pem: str, csr: bytes) -> None:
     status: list[str] = []
 
     def start_response(code: str, _headers: list[tuple[str, str]], _exc: Any = None) -> Any:
@@ -113,7 +113,7 @@ def _enroll(ra_pem: str, csr: bytes) -> None:
         "SSL_CLIENT_VERIFY": "SUCCESS",
         "SSL_CLIENT_CERT": ra_pem,
     }
-    body = b"".join(cherrypy.tree(environ, start_response))
+    body = b"".join(app(environ, start_response))
     if not status or not status[0].startswith("200") or body[:1] != b"\x30":
         raise RuntimeError(f"enrollment failed: {status} {body[:200]!r}")
 
