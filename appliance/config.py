@@ -45,7 +45,8 @@ class ServerConfig:
     # Whole request (TLS handshake, headers, body): a slowloris client that trickles bytes
     # holds a worker thread at most this long.
     request_timeout: int = 20
-    # Worker threads: requests in progress at once. Idle keep-alive connections hold none.
+    # Worker threads: requests in progress at once. An idle keep-alive connection holds one for
+    # at most keepalive_linger_ms after its last answer.
     thread_pool: int = 64
     # Connections one peer address may hold open; kept below thread_pool so that a single
     # misbehaving host cannot take every worker.
@@ -57,6 +58,10 @@ class ServerConfig:
     # Idle keep-alive connections one worker keeps open (cheroot's default, 10, closes the
     # 11th gateway's persistent connection after every answer).
     keepalive_connections: int = 1024
+    # How long the worker that answered a keep-alive request waits for the same client's next
+    # request before handing the connection back to the selector (appliance/keepalive.py);
+    # 0 hands it back at once. A gateway posting a batch sends the next CSR within ~1 ms.
+    keepalive_linger_ms: int = 20
     max_body_bytes: int = 65536
     max_header_bytes: int = 16384
 
@@ -67,6 +72,7 @@ class ServerConfig:
         _check_range("server.thread_pool", self.thread_pool, 1, 1024)
         _check_range("server.workers", self.workers, 0, 64)
         _check_range("server.keepalive_connections", self.keepalive_connections, 1, 100_000)
+        _check_range("server.keepalive_linger_ms", self.keepalive_linger_ms, 0, 1000)
         _check_range("server.max_connections_per_ip", self.max_connections_per_ip, 1, 100_000)
         _check_range("server.max_body_bytes", self.max_body_bytes, 1024, 16 * 1024 * 1024)
         _check_range("server.max_header_bytes", self.max_header_bytes, 1024, 1024 * 1024)

@@ -33,6 +33,7 @@ from cherrypy.process.servers import ServerAdapter
 
 from appliance.config import Config, ServerConfig
 from appliance.errors import ApplianceError
+from appliance.keepalive import lingering_connection_class
 
 if TYPE_CHECKING:
     from appliance.server import Appliance
@@ -137,6 +138,7 @@ def prepare_http_server(
     adapter.socket_queue_size = LISTEN_BACKLOG
     httpserver, _bind_addr = adapter.httpserver_from_self()
     httpserver.keep_alive_conn_limit = server.keepalive_connections
+    httpserver.ConnectionClass = lingering_connection_class(server.keepalive_linger_ms)
     if wsgi_app is not None:
         httpserver.wsgi_app = wsgi_app
     adapter.httpserver = httpserver
