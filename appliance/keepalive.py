@@ -13,6 +13,7 @@ more than the linger.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import ssl
 
@@ -23,10 +24,20 @@ class LingeringConnection(HTTPConnection):
     linger_seconds: float = 0.02
 
     def communicate(self) -> bool:
-        keep_open: bool = super().communicate()  # type: ignore[no-untyped-call]
+        keep_open: bool = self._one_request()
         while keep_open and self._next_request_arrives():
-            keep_open = super().communicate()  # type: ignore[no-untyped-call]
+            keep_open = self._one_request()
         return keep_open
+
+    def _one_request(self) -> bool:
+        try:
+            return bool(super().communicate())  # type: ignore[no-untyped-call]
+        finally:
+            # socket_files.SocketWriter may hold the last response's head (204, HEAD).
+            flush = getattr(self.wfile, "flush", None)
+            if flush is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    flush()
 
     def _next_request_arrives(self) -> bool:
         if self.rfile.has_data():

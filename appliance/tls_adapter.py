@@ -17,6 +17,8 @@ It also exposes the TLS channel binding `tls-unique` (RFC 5929) of TLS 1.2 conne
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import logging
 import socket
 import ssl
@@ -30,7 +32,12 @@ from cheroot import errors
 from cheroot import server as cheroot_server
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from appliance.socket_files import SocketReader, SocketWriter, make_socket_file
+
 log = logging.getLogger(__name__)
+
+# How long a connection whose TLS handshake failed is read (and discarded) after the alert.
+_DRAIN_SECONDS = 0.5
 
 
 class ConnectionLimiter:
@@ -71,6 +78,7 @@ class GuardedSSLSocket(ssl.SSLSocket):
     _peer_ip: str | None = None
     _request_started: float | None = None
     _read_timeout: float | None = None
+    _handshake_done = False
 
     def _remaining(self) -> float:
         now = time.monotonic()
@@ -83,16 +91,42 @@ class GuardedSSLSocket(ssl.SSLSocket):
         return remaining
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        remaining = self._remaining()
-        base = self._read_timeout
-        self.settimeout(remaining if base is None else min(base, remaining))
+        self._before_read()
         return super().recv_into(buffer, nbytes or 0, flags)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self._before_read()
+        return super().recv(buflen, flags)
+
+    def _before_read(self) -> None:
         remaining = self._remaining()
         base = self._read_timeout
         self.settimeout(remaining if base is None else min(base, remaining))
-        return super().recv(buflen, flags)
+        if not self._handshake_done:
+            self._handshake()
+
+    def _handshake(self) -> None:
+        try:
+            self.do_handshake()
+        except ssl.SSLError:
+            # The alert that says why (an expired or foreign client certificate) is on its way
+            # to the client, but a TLS 1.3 client has already sent its request behind its
+            # certificate: closing with those bytes unread makes the kernel answer with a TCP
+            # reset, which can overtake the alert, and the integrator sees "connection reset"
+            # instead of "certificate expired". End the stream in order: FIN, then read what
+            # the client still sends until it closes (briefly).
+            self._end_after_alert()
+            raise
+        self._handshake_done = True
+
+    def _end_after_alert(self) -> None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self, socket.SHUT_WR)
+            deadline = time.monotonic() + _DRAIN_SECONDS
+            while (left := deadline - time.monotonic()) > 0:
+                socket.socket.settimeout(self, left)
+                if not socket.socket.recv(self, 4096):
+                    break
 
     def send(self, data: Any, flags: int = 0) -> int:
         self._request_finished()
@@ -149,6 +183,11 @@ class GuardedSSLAdapter(BuiltinSSLAdapter):
 
     request_timeout: float = 20.0
     limiter: ConnectionLimiter = ConnectionLimiter(48)
+
+    def makefile(
+        self, sock: socket.socket, mode: str = "r", bufsize: int = io.DEFAULT_BUFFER_SIZE
+    ) -> SocketReader | SocketWriter:
+        return make_socket_file(sock, mode, bufsize)
 
     def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, Mapping[str, Any]]:
         try:

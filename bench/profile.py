@@ -10,22 +10,24 @@ from collections import Counter
 BUCKETS: tuple[tuple[str, str, str | None], ...] = (
     ("cheroot: connection manager thread (select, hand-off)", "ConnectionManager._run (", None),
     (
-        "cheroot: HTTP read/parse/write around the app",
+        "cheroot: TLS, HTTP read/parse/write around the app",
         "communicate (cheroot/server.py",
-        "Tree.__call__ (",
+        "EstWsgi.__call__ (",
     ),
+    ("  keep-alive linger (waiting for the next request)", "_next_request_arrives (", None),
     (
-        "CherryPy: request machinery around the handler",
-        "Tree.__call__ (",
-        "default (appliance/web.py",
+        "WSGI adapter around the handler (est_wsgi)",
+        "EstWsgi.__call__ (",
+        "handle (appliance/web.py",
     ),
-    ("EST handler (web.default), all of it", "default (appliance/web.py", None),
+    ("EST handler (web.EstApplication.handle), all of it", "handle (appliance/web.py", None),
     ("  authentication (RA certificate / Basic)", "authenticate (appliance/auth.py", None),
     ("  reading the body + CSR decode/verify", "_read_csr (appliance/web.py", None),
     ("  enrollment service (policy, issue, record)", "enroll (appliance/service.py", None),
     ("    certificate build + CA signature", "issue_pump_certificate (appliance/issuer", None),
     ("    ledger (group commit, SQLite)", "record_issuance (appliance/ledger.py", None),
     ("  PKCS#7 encoding", "encode_certs_only (appliance/codec.py", None),
+    ("  audit record", "AuditLog.record (appliance/audit.py", None),
     ("logging (request line + issuance line)", "Logger._log (", None),
 )
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
