@@ -51,7 +51,7 @@ class ServerConfig:
     # Connections one peer address may hold open; kept below thread_pool so that a single
     # misbehaving host cannot take every worker.
     max_connections_per_ip: int = 48
-    # Serving processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. One CPython
+    # Serving processes sharing the port (one listening socket); 0 = one per CPU core. One CPython
     # process uses about one core (the GIL), so a 2-core host enrolls faster with 2. Each has
     # its own thread pool, per-address connection count and password cache (docs/PERFORMANCE.md).
     workers: int = 1

@@ -19,9 +19,19 @@ import ssl
 
 from cheroot.server import HTTPConnection
 
+from appliance.shared_listener import ConnectionShare
+
 
 class LingeringConnection(HTTPConnection):
     linger_seconds: float = 0.02
+    # Set when a worker accepted it through shared_listener (its open-connection count).
+    connection_share: ConnectionShare | None = None
+
+    def close(self) -> None:
+        share, self.connection_share = self.connection_share, None
+        if share is not None:
+            share.closed()
+        super().close()
 
     def communicate(self) -> bool:
         keep_open: bool = self._one_request()

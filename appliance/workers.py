@@ -1,13 +1,13 @@
-"""Several serving processes on one port: pre-forked workers sharing it with SO_REUSEPORT.
+"""Several serving processes on one port: pre-forked workers sharing one listening socket.
 
 One CPython process uses about one core: the GIL serializes the Python part of every
 enrollment (CSR parsing, building the certificate, the ledger insert, HTTP parsing). With
 `server.workers` > 1 each worker process runs the whole appliance (cheroot and its thread pool,
-the CA key, its own ledger connections) and binds the same port with SO_REUSEPORT, so the kernel
-spreads new connections over the workers' accept queues (docs/PERFORMANCE.md has the numbers).
+the CA key, its own ledger connections) and accepts from the supervisor's listening socket,
+the least loaded worker first (shared_listener.py; docs/PERFORMANCE.md has the numbers).
 
-The parent only supervises. It reserves the port first (so port 0 resolves once, to one port
-for every worker, and the port stays ours while a worker restarts), forks the workers, reports
+The parent only supervises. It listens first (so port 0 resolves once, to one port for every
+worker, and connections queue while a worker restarts), forks the workers, reports
 ready once every worker accepts connections, restarts a worker that dies, and stops them all on
 SIGTERM, SIGINT or SIGHUP. Each worker asks the kernel for SIGTERM when the parent dies
 (PR_SET_PDEATHSIG), so no worker outlives a parent killed with SIGKILL.
@@ -24,7 +24,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,11 @@ from cherrypy.process.servers import ServerAdapter
 from appliance.config import Config, ServerConfig
 from appliance.errors import ApplianceError
 from appliance.keepalive import lingering_connection_class
+from appliance.shared_listener import (
+    ApplianceHttpServer,
+    ConnectionShare,
+    listening_socket,
+)
 
 if TYPE_CHECKING:
     from appliance.server import Appliance
@@ -72,13 +77,25 @@ def serve_workers(
     (an SQLite connection must never cross a fork). `announce` runs once all workers serve.
     """
     build(config).ledger.close()
-    with reserved_port(config.server.host, config.server.port) as port:
-        bound = dataclasses.replace(config, server=dataclasses.replace(config.server, port=port))
+    try:
+        listener = listening_socket(config.server.host, config.server.port, LISTEN_BACKLOG)
+    except OSError as exc:
+        raise WorkerError(
+            f"cannot listen on {config.server.host}:{config.server.port} "
+            f"(server.host/server.port): {exc.strerror}"
+        ) from None
+    share = ConnectionShare(count)
+    port = int(listener.getsockname()[1])
+    bound = dataclasses.replace(config, server=dataclasses.replace(config.server, port=port))
 
-        def main(_index: int, ready: Callable[[], None]) -> None:
-            _serve_worker(bound, build, configure, ready)
+    def main(index: int, ready: Callable[[], None]) -> None:
+        share.attach(index)
+        _serve_worker(bound, build, configure, ready, listener=listener, share=share)
 
+    try:
         Supervisor(count, main).run(lambda: announce(bound, bound.server.host, port))
+    finally:
+        listener.close()
 
 
 def _serve_worker(
@@ -86,16 +103,20 @@ def _serve_worker(
     build: Callable[[Config], Appliance],
     configure: Callable[[Appliance], None],
     ready: Callable[[], None],
+    *,
+    listener: socket.socket,
+    share: ConnectionShare,
 ) -> None:  # pragma: no cover - runs in a worker process
     appliance = build(config)
     configure(appliance)
     engine = cherrypy.engine
     # CherryPy's own server adapter checks that the port is free before binding, and it is
-    # not: the sibling workers listen on it. Bind our cheroot server with SO_REUSEPORT through
-    # an adapter without an address, which skips that check (and the matching one at stop).
+    # not: the supervisor listens on it. Serve the inherited socket through an adapter without
+    # an address, which skips that check (and the matching one at stop).
     cherrypy.server.unsubscribe()
-    httpserver = cherrypy.server.httpserver or cherrypy.server.httpserver_from_self()[0]
-    httpserver.reuse_port = True
+    httpserver = cherrypy.server.httpserver
+    httpserver.listener = listener
+    httpserver.share = share
     _SharedPortAdapter(engine, httpserver, None).subscribe()
     # CherryPy's SIGHUP handler re-executes the command line, which in a worker would start a
     # second supervisor; every signal here means "stop", the parent decides about restarts.
@@ -116,7 +137,7 @@ class _SharedPortAdapter(ServerAdapter):  # type: ignore[misc]
     @property
     def description(self) -> str:
         host, port = self.httpserver.bind_addr[:2]
-        return f"https://{host}:{port} (one of several workers, SO_REUSEPORT)"
+        return f"https://{host}:{port} (one of several workers on the supervisor's socket)"
 
 
 # Pending connections the kernel queues per worker (cheroot's default is 5: a burst of gateways
@@ -136,7 +157,7 @@ def prepare_http_server(
         app.log.access = _no_access_log
     adapter = cherrypy.server
     adapter.socket_queue_size = LISTEN_BACKLOG
-    httpserver, _bind_addr = adapter.httpserver_from_self()
+    httpserver = ApplianceHttpServer(adapter)
     httpserver.keep_alive_conn_limit = server.keepalive_connections
     httpserver.ConnectionClass = lingering_connection_class(server.keepalive_linger_ms)
     if wsgi_app is not None:
@@ -156,31 +177,6 @@ def effective_workers(configured: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def reserved_port(host: str, port: int) -> Iterator[int]:
-    """Bind (host, port) with SO_REUSEPORT without listening and yield the port number.
-
-    A socket that never calls listen() receives no connections; it only holds the port, so the
-    workers can all bind it with SO_REUSEPORT and a restarted worker gets the same port back.
-    """
-    family, _type, _proto, _name, address = socket.getaddrinfo(
-        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise WorkerError(
-                f"cannot listen on {host}:{port} (server.host/server.port): {exc.strerror}"
-            ) from None
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from appliance.config import parse_config
 from appliance.errors import ConfigError
 from bench.csrs import pump_csrs
-from bench.loadgen import LoadSpec, Target, run_load
+from bench.loadgen import LoadSpec, Target, exchange, run_load
 from bench.procstat import process_tree
 from tests.support import (
     LAB_PASSWORD,
@@ -82,6 +83,52 @@ def test_concurrent_enrollments_from_both_workers_are_all_recorded(
     # 400 measured enrollments plus one checked warm-up enrollment per connection.
     assert len(lines) - before == 400 + 8
     assert len(set(lines)) == len(lines)
+
+
+def _connections_per_worker(appliance: RunningAppliance, port: int) -> list[int]:
+    """Established connections to `port` each worker holds, from /proc (socket inodes)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # TCP_ESTABLISHED
+                inodes.add(fields[9])
+    counts = []
+    for pid in process_tree(appliance.process.pid)[1:]:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+        counts.append(held)
+    return sorted(counts)
+
+
+def test_new_connections_go_to_the_least_loaded_worker(running: RunningAppliance) -> None:
+    """One gateway's persistent connections spread evenly over the workers (a hash of the
+    client's port, as SO_REUSEPORT did, put 20 of 32 on one worker)."""
+    target = _target(running)
+    csrs = pump_csrs(1, keys=1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(target.ca_cert))
+    context.load_cert_chain(str(target.ra_cert), str(target.ra_key))
+    request = (
+        b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: appliance\r\n"
+        b"Content-Type: application/pkcs10\r\nContent-Length: %d\r\n\r\n" % len(csrs[0])
+    ) + csrs[0]
+    gateways = []
+    try:
+        for _ in range(10):
+            raw = socket.create_connection((target.host, target.port), timeout=30)
+            sock = context.wrap_socket(raw, server_hostname=target.host)
+            gateways.append(sock)
+            status, _body, reusable = exchange(sock, request, bytearray())
+            assert status == 200 and reusable
+        assert _connections_per_worker(running, target.port) == [5, 5]
+    finally:
+        for sock in gateways:
+            sock.close()
 
 
 def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(

@@ -70,13 +70,13 @@ def test_auth_failures_are_counted(appliance: RunningAppliance, work: Path) -> N
 def test_counters_are_summed_over_worker_processes(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """With two SO_REUSEPORT workers, every scrape (whichever worker answers) reports the
+    """With two workers on one port, every scrape (whichever worker answers) reports the
     enrollments of both (prometheus-client multiprocess mode)."""
     lab = make_lab(tmp_path_factory.mktemp("metrics-workers"), {"server": {"workers": 2}})
     with running_appliance(lab) as appliance:
         work = lab.folder / "work"
         work.mkdir()
-        for i in range(6):  # a new connection each: the kernel spreads them over the workers
+        for i in range(6):  # a new connection each: they alternate between the workers
             enroll(appliance, f"NPPWORKER{i}", work)
         ok = {"endpoint": "simpleenroll", "status": "200"}
         seen = {value(scrape(appliance), "est_requests_total", **ok) for _ in range(6)}
