@@ -28,7 +28,7 @@ from cherrypy._cpwsgi_server import CPWSGIServer
 
 # How often a worker that stepped back from accepting looks again at the counts; it is also
 # woken by any event on its own connections.
-_RECHECK_SECONDS = 0.01
+_RECHECK_SECONDS = 0.005
 
 
 class ConnectionShare:
@@ -39,6 +39,7 @@ class ConnectionShare:
     def __init__(self, workers: int) -> None:
         self._counts = multiprocessing.RawArray(ctypes.c_long, workers)
         self._accepted_at = multiprocessing.RawArray(ctypes.c_double, workers)
+        self._listening = multiprocessing.RawArray(ctypes.c_int, workers)
         self._index = 0
         self._lock = threading.Lock()
 
@@ -47,6 +48,7 @@ class ConnectionShare:
         self._index = index
         self._counts[index] = 0
         self._accepted_at[index] = 0.0
+        self._listening[index] = 1
 
     def opened(self) -> None:
         with self._lock:
@@ -63,6 +65,12 @@ class ConnectionShare:
         last accept)."""
         ranks = list(zip(self._counts[:], self._accepted_at[:], strict=True))
         return ranks[self._index] <= min(ranks)
+
+    def set_listening(self, listening: bool) -> None:
+        self._listening[self._index] = int(listening)
+
+    def others_listening(self) -> bool:
+        return any(flag for i, flag in enumerate(self._listening[:]) if i != self._index)
 
     def counts(self) -> list[int]:
         return list(self._counts[:])
@@ -116,9 +124,13 @@ class _GatedSelector:
             if not self._listening:
                 self._inner.register(self._server_fd, selectors.EVENT_READ, data=self._server)
                 self._listening = True
-        elif self._listening:
+                self._share.set_listening(True)
+        # Step back only while a sibling watches the socket: new connections never wait for
+        # a worker to notice that it has become the emptiest.
+        elif self._listening and self._share.others_listening():
             self._inner.unregister(self._server_fd)
             self._listening = False
+            self._share.set_listening(False)
         if not self._listening:
             timeout = _RECHECK_SECONDS if timeout is None else min(timeout, _RECHECK_SECONDS)
         return self._inner.select(timeout)
