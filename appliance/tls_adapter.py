@@ -101,7 +101,10 @@ class GuardedSSLSocket(ssl.SSLSocket):
     def _before_read(self) -> None:
         remaining = self._remaining()
         base = self._read_timeout
-        self.settimeout(remaining if base is None else min(base, remaining))
+        timeout = remaining if base is None else min(base, remaining)
+        # settimeout() is an ioctl every time; most reads keep the per-read timeout.
+        if timeout != self.gettimeout():
+            self.settimeout(timeout)
         if not self._handshake_done:
             self._handshake()
 
@@ -139,7 +142,7 @@ class GuardedSSLSocket(ssl.SSLSocket):
     def _request_finished(self) -> None:
         if self._request_started is not None:
             self._request_started = None
-            if self._read_timeout is not None:
+            if self._read_timeout is not None and self._read_timeout != self.gettimeout():
                 self.settimeout(self._read_timeout)
 
     def close(self) -> None:
