@@ -29,6 +29,8 @@ from cherrypy._cpwsgi_server import CPWSGIServer
 # How often a worker that stepped back from accepting looks again at the counts; it is also
 # woken by any event on its own connections.
 _RECHECK_SECONDS = 0.005
+# The open-connection count of a worker that died, until its successor starts.
+_GONE = 2**62
 
 
 class ConnectionShare:
@@ -49,6 +51,12 @@ class ConnectionShare:
         self._counts[index] = 0
         self._accepted_at[index] = 0.0
         self._listening[index] = 1
+
+    def forget(self, index: int) -> None:
+        """In the supervisor, when worker `index` died: until its successor attaches, it
+        neither counts as the emptiest nor as watching the socket."""
+        self._counts[index] = _GONE
+        self._listening[index] = 0
 
     def opened(self) -> None:
         with self._lock:
@@ -71,9 +79,6 @@ class ConnectionShare:
 
     def others_listening(self) -> bool:
         return any(flag for i, flag in enumerate(self._listening[:]) if i != self._index)
-
-    def counts(self) -> list[int]:
-        return list(self._counts[:])
 
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:

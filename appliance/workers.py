@@ -93,7 +93,9 @@ def serve_workers(
         _serve_worker(bound, build, configure, ready, listener=listener, share=share)
 
     try:
-        Supervisor(count, main).run(lambda: announce(bound, bound.server.host, port))
+        Supervisor(count, main, on_exit=share.forget).run(
+            lambda: announce(bound, bound.server.host, port)
+        )
     finally:
         listener.close()
 
@@ -193,6 +195,8 @@ class Supervisor:
 
     count: int
     main: WorkerMain
+    # Told the index of a worker that died, before its successor is forked.
+    on_exit: Callable[[int], None] | None = None
     _workers: dict[int, _Worker] = field(default_factory=dict)
     _restarts: list[float] = field(default_factory=list)
     _ready_r: int = -1
@@ -278,6 +282,8 @@ class Supervisor:
                     worker.pid,
                     _quote(_describe(status)),
                 )
+                if self.on_exit is not None:
+                    self.on_exit(worker.index)
                 self._check_restart_rate()
                 self._spawn(worker.index)
 
