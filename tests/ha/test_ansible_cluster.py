@@ -1,6 +1,7 @@
 """The est_appliance role's cluster mode, run by real Ansible on localhost: its checks refuse a
 node without the shared CA, RA credential or database, and its config.yaml points a node at the
-shared PostgreSQL ledger (and still at SQLite outside cluster mode)."""
+shared PostgreSQL ledger (and still at SQLite outside cluster mode). Also the server settings
+the role renders for every node: all cores, the keep-alive linger."""
 
 from __future__ import annotations
 
@@ -86,6 +87,20 @@ def test_outside_cluster_mode_the_ledger_stays_sqlite(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
     assert config.ledger.dsn == "" and config.ledger.path.name == "ledger.db"
+
+
+def test_a_node_serves_from_every_core_unless_told_otherwise(tmp_path: Path) -> None:
+    result = _render(tmp_path, {})
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
+    assert config.server.workers == 0  # one per core
+    assert config.server.keepalive_linger_ms == 20
+    assert config.server.keepalive_connections == 1024
+    (tmp_path / "config.yaml").unlink()
+    result = _render(tmp_path, {"est_appliance_workers": 3, "est_appliance_keepalive_linger_ms": 0})
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
+    assert (config.server.workers, config.server.keepalive_linger_ms) == (3, 0)
 
 
 @pytest.mark.parametrize(
