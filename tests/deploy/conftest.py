@@ -17,6 +17,8 @@ from tests.deploy.playbook import Run, run_playbook, write_inventory
 HOST = "est-host"  # the inventory name of the container
 GROUPS = ["est_gateways", "radius_servers", "iqe_simulators"]
 PASSWORD = "deploy-test-password-7f3a"  # not the lab password: this host is "staging"
+OPERATOR = "ward-ops"
+OPERATOR_PASSWORD = "deploy-test-operator-9c1e"
 RADIUS_SECRET = "deploy-test-radius-secret"
 
 
@@ -93,6 +95,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "est_appliance_listen_host": "127.0.0.1",
         "est_appliance_port": est_port,
         "est_appliance_users": {"iqe-gateway": PASSWORD},
+        "est_appliance_admin_users": {OPERATOR: OPERATOR_PASSWORD},
         "est_appliance_source_dir": str(source),
         "est_appliance_build_dir": str(folder / "wheels"),
         "est_appliance_wheelhouse": str(wheelhouse),

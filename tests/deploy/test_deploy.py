@@ -15,7 +15,14 @@ import pytest
 
 from simulator import Gateway, Pump, RadiusServer, authenticate
 from simulator.troubleshooting import EnrollmentError
-from tests.deploy.conftest import HOST, PASSWORD, RADIUS_SECRET, Deployment
+from tests.deploy.conftest import (
+    HOST,
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    PASSWORD,
+    RADIUS_SECRET,
+    Deployment,
+)
 from tests.support import curl, openssl
 
 # The first test also boots the container and runs the first deployment (and, on a fresh
@@ -95,6 +102,22 @@ def test_private_keys_are_0600_and_owned_by_the_service_user(deployment: Deploym
     assert PASSWORD not in config and "$argon2id$" in config
     # The exported RA key on the controller is private too.
     assert (deployment.export / "iqe-ra-key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_operator_from_the_inventory_uses_the_device_api(deployment: Deployment) -> None:
+    """est_appliance_admin_users reaches admin.users as a hash; a bootstrap user is no operator."""
+    url = f"{deployment.url}/api/devices"
+    ca = ["--cacert", str(deployment.export / "ca-cert.pem")]
+    status, _headers, body = curl([*ca, "-u", f"{OPERATOR}:{OPERATOR_PASSWORD}", url])
+    assert status == 200, body
+    assert isinstance(json.loads(body), dict | list)
+    status, headers, _body = curl([*ca, "-u", f"iqe-gateway:{PASSWORD}", url])
+    assert status == 401 and "www-authenticate" in headers
+    box = deployment.container
+    mode = box.ssh("stat -c '%a %U %G' /etc/est-appliance/admins.json").stdout.split()
+    assert mode == ["600", "root", "root"], mode
+    config = box.ssh("cat /etc/est-appliance/config.yaml").stdout
+    assert OPERATOR_PASSWORD not in config and f"{OPERATOR}" in config
 
 
 def test_unit_is_hardened(deployment: Deployment) -> None:

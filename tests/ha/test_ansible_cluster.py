@@ -104,6 +104,30 @@ def test_a_node_serves_from_every_core_unless_told_otherwise(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
+    ("operators", "complaint"),
+    [
+        ({"iqe-gateway": "a-long-enough-password"}, "not also a bootstrap user"),
+        ({"ward ops": "a-long-enough-password"}, "1-64 letters"),
+        ({"ward-ops": "short"}, "at least 12 characters"),
+        ({"ward-ops": "iqe-secure-password-2024"}, "published lab password"),
+    ],
+)
+def test_dashboard_operators_are_checked_before_anything_is_written(
+    tmp_path: Path, operators: dict[str, str], complaint: str
+) -> None:
+    result = _render(
+        tmp_path,
+        {
+            "est_appliance_users": {"iqe-gateway": "another-long-password"},
+            "est_appliance_admin_users": operators,
+        },
+    )
+    assert result.returncode != 0
+    assert complaint in result.stdout, result.stdout[-1500:]
+    assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
     "missing",
     ["est_appliance_ra_cert_pem", "est_appliance_ca_cert_pem", "est_appliance_ledger_dsn"],
 )
