@@ -62,6 +62,7 @@ _ATTRIBUTE_NAMES: dict[ObjectIdentifier, str] = {
     NameOID.SURNAME: "surname",
 }
 
+# The names config.yaml, the ledger and the log use for each kind of subjectAltName.
 _SAN_TYPES: dict[type[x509.GeneralName], str] = {
     x509.DNSName: "DNS",
     x509.IPAddress: "IP",
@@ -127,12 +128,17 @@ def vet(
     return VettedRequest(csr, subject, x509.Extensions(kept), tuple(stripped))
 
 
+def san_kind(name: x509.GeneralName) -> str:
+    """`DNS`, `IP`, `email`, `URI`, `dirName`, `RID` or `otherName` (as csr_policy.san_types)."""
+    return _SAN_TYPES.get(type(name), type(name).__name__)
+
+
 def _vet_san(
     san: x509.SubjectAlternativeName, policy: CsrPolicyConfig, rule: str, stripped: list[str]
 ) -> x509.SubjectAlternativeName | None:
     kept: list[x509.GeneralName] = []
     for name in san:
-        kind = _SAN_TYPES.get(type(name), type(name).__name__)
+        kind = san_kind(name)
         shown = f"{kind}:{_general_name_value(name)}"
         if kind not in policy.san_types:
             _refuse_or_note(

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.approvals import ApprovalGate
 from appliance.clock import Clock
-from appliance.csr_policy import VettedRequest, vet
+from appliance.csr_policy import VettedRequest, san_kind, vet
 from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.identity import Identity
 from appliance.issuer import CertificateRequest
@@ -357,15 +357,7 @@ def requested_san_of(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def describe_general_name(name: x509.GeneralName) -> str:
-    kind = {
-        x509.DNSName: "DNS",
-        x509.IPAddress: "IP",
-        x509.RFC822Name: "email",
-        x509.UniformResourceIdentifier: "URI",
-        x509.DirectoryName: "dirName",
-        x509.RegisteredID: "RID",
-        x509.OtherName: "otherName",
-    }.get(type(name), type(name).__name__)
+    kind = san_kind(name)
     value = name.value
     if isinstance(value, x509.Name):
         return f"{kind}:{value.rfc4514_string()}"
