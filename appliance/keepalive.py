@@ -44,10 +44,8 @@ class LingeringConnection(HTTPConnection):
             return bool(super().communicate())  # type: ignore[no-untyped-call]
         finally:
             # socket_files.SocketWriter may hold the last response's head (204, HEAD).
-            flush = getattr(self.wfile, "flush", None)
-            if flush is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    flush()
+            with contextlib.suppress(OSError, ValueError):
+                self.wfile.flush()
 
     def _next_request_arrives(self) -> bool:
         if self.rfile.has_data():

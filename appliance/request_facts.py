@@ -5,6 +5,7 @@ from __future__ import annotations
 import cherrypy
 
 from appliance.errors import PayloadTooLarge
+from appliance.web import read_limited
 
 
 def header(name: str) -> str | None:
@@ -23,20 +24,10 @@ def client_certificate_pem() -> str | None:
 
 
 def read_body(limit: int) -> bytes:
-    """The raw request body, at most `limit` bytes, or 413."""
+    """The raw request body, at most `limit` bytes, or 413 (with `Connection: close`)."""
     request = cherrypy.request
-    length = request.headers.get("Content-Length")
-    too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
-    if length is not None and length.isdigit() and int(length) > limit:
-        cherrypy.response.headers["Connection"] = "close"
-        raise too_large
     try:
-        data: bytes = request.body.read(limit + 1)
-    except OSError:
-        # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
+        return read_limited(request.body, header("Content-Length"), limit)
+    except PayloadTooLarge:
         cherrypy.response.headers["Connection"] = "close"
-        raise too_large from None
-    if len(data) > limit:
-        cherrypy.response.headers["Connection"] = "close"
-        raise too_large
-    return data
+        raise

@@ -93,18 +93,22 @@ class EstRequest:
     def read_body(self, limit: int) -> bytes:
         """The raw request body, at most `limit` bytes, or 413 (which also ends the connection:
         cheroot closes after every 413, so an unread remainder is never taken for a request)."""
-        too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
-        length = self.header("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
-        try:
-            data = self.body.read(limit + 1)
-        except OSError:
-            # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
-            raise too_large from None
-        if len(data) > limit:
-            raise too_large
-        return bytes(data)
+        return read_limited(self.body, self.header("Content-Length"), limit)
+
+
+def read_limited(body: Any, content_length: str | None, limit: int) -> bytes:
+    """At most `limit` bytes of a request body, or PayloadTooLarge (413)."""
+    too_large = PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise too_large
+    try:
+        data = body.read(limit + 1)
+    except OSError:
+        # cheroot raises MaxSizeExceeded (an IOError) for an oversized chunked body.
+        raise too_large from None
+    if len(data) > limit:
+        raise too_large
+    return bytes(data)
 
 
 @dataclass(frozen=True)
