@@ -9,8 +9,10 @@ queued connections were reset with it.
 Here the supervisor listens once and every worker inherits the socket. Each worker counts its
 open connections in memory shared with its siblings and keeps the listening socket in its
 selector only while it has no more connections than the least loaded worker, so new
-connections go to the emptiest worker and the split stays within one. The queue belongs to the
-supervisor, so a worker's restart loses nothing queued.
+connections go to the emptiest worker: connections that arrive a few milliseconds apart split
+within one; in a burst, the fuller worker may take a few more while the emptier one is not yet
+watching again (it looks every 5 ms at most). The queue belongs to the supervisor, so a worker's
+restart loses nothing queued.
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ class BalancedConnectionManager(ConnectionManager):
         self._selector: Any = _GatedSelector(inner, server, share)
 
     def _from_server_socket(self, server_socket: socket.socket) -> Any:
+        # Both workers may watch the socket for a moment (the fuller one keeps it until the
+        # emptier one has taken it back) and both wake for a new connection: leave it to the
+        # emptier one. The selector drops the socket before this worker waits again.
+        if not self._share.may_accept() and self._share.others_listening():
+            return None
         conn = super()._from_server_socket(server_socket)  # type: ignore[misc]
         if conn is not None:
             self._share.opened()
