@@ -34,6 +34,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLK_TCK
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) clock ticks of all CPUs since boot (/proc/stat; idle includes iowait).
+
+    Between two readings, idle/total is the share of the machine nobody used: with the
+    appliance and the load generator both running flat out it is near zero."""
+    fields = [int(value) for value in _read(Path("/proc/stat")).split("\n", 1)[0].split()[1:]]
+    if len(fields) < 5:
+        return 0, 0
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    return fields[3] + fields[4], sum(fields[:8])
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident set size summed over the processes (shared pages counted in each)."""
     total = 0

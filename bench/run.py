@@ -29,7 +29,7 @@ from bench.csrs import pump_csrs
 from bench.lab import USER, Lab, Server, make_lab
 from bench.limits import handshake_limit, signing_limit
 from bench.loadgen import MODES, LoadResult, LoadSpec, Mode, Target, run_load
-from bench.procstat import cpu_seconds, process_tree, rss_bytes
+from bench.procstat import cpu_seconds, machine_ticks, process_tree, rss_bytes
 from bench.profile import profile_summary
 
 ALGORITHMS = ("rsa-2048", "ec-p256")
@@ -54,6 +54,7 @@ class Row:
     server_cpu_ms: float  # per enrollment
     client_cpu_ms: float  # per enrollment
     client_max_core: float
+    machine_idle: float  # share of all cores idle during the row
     rss_before: int
     rss_after: int
     limit_name: str
@@ -228,8 +229,10 @@ def _measure(
 ) -> Row:
     rss_before = rss_bytes(pids)
     cpu_before = cpu_seconds(pids)
+    idle_before, ticks_before = machine_ticks()
     result = run_load(target, spec, csrs)
     server_cpu = cpu_seconds(pids) - cpu_before
+    idle_after, ticks_after = machine_ticks()
     limit_name, limit = (
         ("handshakes", run.handshake_limit)
         if spec.mode == "newconn"
@@ -239,6 +242,7 @@ def _measure(
         run.algorithm,
         result,
         server_cpu=server_cpu,
+        machine_idle=(idle_after - idle_before) / max(1, ticks_after - ticks_before),
         rss_before=rss_before,
         rss_after=rss_bytes(pids),
         limit_name=limit_name,
@@ -251,6 +255,7 @@ def _row(
     result: LoadResult,
     *,
     server_cpu: float,
+    machine_idle: float,
     rss_before: int,
     rss_after: int,
     limit_name: str,
@@ -269,6 +274,7 @@ def _row(
         server_cpu_ms=server_cpu / ok * 1000,
         client_cpu_ms=result.client_cpu / ok * 1000,
         client_max_core=result.client_max_core,
+        machine_idle=machine_idle,
         rss_before=rss_before,
         rss_after=rss_after,
         limit_name=limit_name,
@@ -367,10 +373,11 @@ def _print_run(out: Any, run: AlgorithmRun, duration: float) -> None:
     )
     print(
         "| mode | conc | enroll/s | of limit | p50 ms | p99 ms | server CPU ms/enr "
-        "| loadgen CPU ms/enr | loadgen busiest | server RSS MiB before→after | errors |",
+        "| loadgen CPU ms/enr | loadgen busiest | CPU idle | server RSS MiB before→after "
+        "| errors |",
         file=out,
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|", file=out)
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|", file=out)
     for row in run.rows:
         busy = f"{row.client_max_core:.0%}" + (" (!)" if row.client_max_core > LOADGEN_BUSY else "")
         errors = ", ".join(f"{k}: {v}" for k, v in row.errors.items()) or "0"
@@ -378,13 +385,15 @@ def _print_run(out: Any, run: AlgorithmRun, duration: float) -> None:
             f"| {row.mode} | {row.concurrency} | {row.rate:,.0f} | "
             f"{row.ratio:.1%} {row.limit_name} | {row.p50_ms:.1f} | {row.p99_ms:.1f} | "
             f"{row.server_cpu_ms:.2f} | {row.client_cpu_ms:.2f} | {busy} | "
+            f"{row.machine_idle:.0%} | "
             f"{row.rss_before / 2**20:.0f}→{row.rss_after / 2**20:.0f} | {errors} |",
             file=out,
         )
     print(
         f"\n({duration:g} s per row; 'of limit': keep-alive and password rows against CA "
         "signing, new-connection rows against openssl handshakes; '(!)' marks a load process "
-        f"above {LOADGEN_BUSY:.0%} of a core)",
+        f"above {LOADGEN_BUSY:.0%} of a core; 'CPU idle': share of all cores nobody used during "
+        "the row)",
         file=out,
     )
 
