@@ -139,7 +139,7 @@ def _vet_san(
     kept: list[x509.GeneralName] = []
     for name in san:
         kind = san_kind(name)
-        shown = f"{kind}:{_general_name_value(name)}"
+        shown = f"{kind}:{general_name_value(name)}"
         if kind not in policy.san_types:
             _refuse_or_note(
                 policy.names,
@@ -150,7 +150,7 @@ def _vet_san(
             )
             continue
         pattern = policy.san_patterns.get(kind)
-        if pattern is not None and not re.fullmatch(pattern, _general_name_value(name)):
+        if pattern is not None and not re.fullmatch(pattern, general_name_value(name)):
             _refuse_or_note(
                 policy.names,
                 stripped,
@@ -191,7 +191,9 @@ def _refuse_or_note(action: str, stripped: list[str], what: str, refusal: str) -
     stripped.append(what)
 
 
-def _general_name_value(name: x509.GeneralName) -> str:
+def general_name_value(name: x509.GeneralName) -> str:
+    """The value as config.yaml's san_patterns, the ledger and the log show it: an OID dotted,
+    a directory name in RFC 4514, a network with its prefix length."""
     if isinstance(name, x509.OtherName):
         return name.type_id.dotted_string
     if isinstance(name, x509.RegisteredID):

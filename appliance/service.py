@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.approvals import ApprovalGate
 from appliance.clock import Clock
-from appliance.csr_policy import VettedRequest, san_kind, vet
+from appliance.csr_policy import VettedRequest, general_name_value, san_kind, vet
 from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.identity import Identity
 from appliance.issuer import CertificateRequest
@@ -357,13 +357,8 @@ def requested_san_of(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def describe_general_name(name: x509.GeneralName) -> str:
-    kind = san_kind(name)
-    value = name.value
-    if isinstance(value, x509.Name):
-        return f"{kind}:{value.rfc4514_string()}"
-    if isinstance(name, x509.OtherName):
-        return f"{kind}:{name.type_id.dotted_string}"
-    return f"{kind}:{value}"
+    """`DNS:pump-1.example`, `RID:1.3.6.1.4.1.99`: as csr_policy names it in its messages."""
+    return f"{san_kind(name)}:{general_name_value(name)}"
 
 
 def _subject_conflict(subject: str, serial: str) -> Conflict:
