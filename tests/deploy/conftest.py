@@ -109,6 +109,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "radius_port": radius_port,
         "radius_clients": [{"name": "loopback", "address": "127.0.0.1", "secret": RADIUS_SECRET}],
         "radius_reject_delay": 0,
+        "radius_crl_url": f"https://127.0.0.1:{est_port}/crl",
         "radius_export_dir": str(folder / "radius-export"),
         "iqe_simulator_source_dir": str(source),
         "iqe_simulator_build_dir": str(folder / "wheels"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,74 @@ def test_lab_password_is_refused_on_a_host_not_marked_lab(deployment: Deployment
     # Nothing reached the host: the guard runs before any change.
     assert _show(deployment, "InvocationID")["InvocationID"] == before
     assert HOST in run.output
+
+
+def test_radius_rejects_a_pump_once_the_appliance_revokes_it(deployment: Deployment) -> None:
+    """radius_crl_url: the radius host fetches the appliance's CRL (est-radius-crl.timer), and
+    FreeRADIUS checks every pump against it."""
+    box = deployment.container
+    assert box.ssh("systemctl is-enabled est-radius-crl.timer").stdout.strip() == "enabled"
+    assert box.ssh("systemctl is-active est-radius-crl.timer").stdout.strip() == "active"
+    eap = box.ssh("cat /etc/freeradius/3.0/mods-available/eap").stdout
+    assert "check_crl = yes" in eap and "ca-crl.pem" in eap
+    export = deployment.export
+    pumps = {
+        name: Pump.create(name, deployment.folder / "pumps" / name)
+        for name in ("NPPKEPT", "NPPSTOLEN")
+    }
+    with Gateway(
+        deployment.url,
+        ca_file=export / "ca-cert.pem",
+        approach="ra",
+        ra_cert=export / "iqe-ra-cert.pem",
+        ra_key=export / "iqe-ra-key.pem",
+    ) as gw:
+        cacerts = gw.fetch_cacerts()
+        for pump in pumps.values():
+            gw.enroll_pump(pump, cacerts)
+    for name, pump in pumps.items():
+        assert _eapol(deployment, name, pump.cert_file, pump.key_file) == 0, name
+
+    status, _headers, body = curl(
+        [
+            "--cacert",
+            str(export / "ca-cert.pem"),
+            "-u",
+            f"{OPERATOR}:{OPERATOR_PASSWORD}",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            '{"reason": "keyCompromise"}',
+            f"{deployment.url}/api/devices/NPPSTOLEN/revoke",
+        ]
+    )
+    assert status == 200, body
+    # What the timer runs every radius_crl_refresh_minutes, run now.
+    box.ssh("systemctl start est-radius-crl.service")
+    log = box.ssh("journalctl -u est-radius-crl.service -o cat --no-pager").stdout
+    assert "est-radius-crl: updated" in log, log
+    stolen, kept = pumps["NPPSTOLEN"], pumps["NPPKEPT"]
+    assert _eapol(deployment, "NPPSTOLEN", stolen.cert_file, stolen.key_file) != 0
+    assert _eapol(deployment, "NPPKEPT", kept.cert_file, kept.key_file) == 0
+
+
+def test_radius_keeps_its_crl_while_the_appliance_is_down(deployment: Deployment) -> None:
+    """A failed fetch leaves the CRL in place and says why; pumps keep getting on meanwhile."""
+    box = deployment.container
+    bundle = "/etc/freeradius/3.0/certs/est/ca-crl.pem"
+    before = box.ssh(f"sha256sum {bundle}").stdout
+    box.ssh(f"systemctl stop {SERVICE}")
+    try:
+        assert box.ssh("systemctl start est-radius-crl.service", check=False).returncode != 0
+        log = box.ssh("journalctl -u est-radius-crl.service -o cat --no-pager -n 20").stdout
+        assert "est-radius-crl: cannot fetch the CRL" in log, log
+        assert box.ssh(f"sha256sum {bundle}").stdout == before
+        kept = deployment.folder / "pumps" / "NPPKEPT"
+        assert _eapol(deployment, "NPPKEPT", kept / "cert.pem", kept / "key.pem") == 0
+    finally:
+        box.ssh(f"systemctl start {SERVICE}")
+    # Serving again (Type=simple: started is not yet listening), and the next fetch succeeds.
+    deadline = time.monotonic() + 60
+    while box.ssh("systemctl start est-radius-crl.service", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the CRL could not be fetched after the restart"
+        time.sleep(1)
