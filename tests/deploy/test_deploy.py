@@ -134,9 +134,11 @@ def test_unit_is_hardened(deployment: Deployment) -> None:
         "ProtectHome",
         "ReadWritePaths",
         "CapabilityBoundingSet",
+        "MemoryDenyWriteExecute",
         "User",
     )
     assert props["NoNewPrivileges"] == "yes"
+    assert props["MemoryDenyWriteExecute"] == "yes"
     assert props["ProtectSystem"] == "strict"
     assert props["PrivateTmp"] == "yes"
     assert props["ProtectHome"] == "yes"
