@@ -375,11 +375,13 @@ DEFAULT_LABEL_NAME = "default"
 
 @dataclass(frozen=True)
 class RaScopeConfig:
-    """What one RA certificate may do (issue 7), selected by its SHA-256 fingerprint or its
-    subject (RFC 4514, as `est-appliance list` shows requesters)."""
+    """What one RA may do (issue 7): an RA certificate selected by its SHA-256 fingerprint or
+    its subject (RFC 4514, as `est-appliance list` shows requesters), or a gateway that
+    authenticates with a password (HTTP Basic), selected by its user name in auth.users."""
 
     fingerprint: str = ""
     subject: str = ""
+    user: str = ""
     # CA labels it may use ("default" = the bare path); empty = every label.
     labels: tuple[str, ...] = ()
     operations: tuple[str, ...] = RA_OPERATIONS
@@ -389,8 +391,11 @@ class RaScopeConfig:
     subject_pattern: str = ""
 
     def __post_init__(self) -> None:
-        if bool(self.fingerprint) == bool(self.subject):
-            raise ConfigError("ra_scope.fingerprint: set exactly one of fingerprint or subject")
+        if [bool(self.fingerprint), bool(self.subject), bool(self.user)].count(True) != 1:
+            raise ConfigError(
+                "ra_scope.fingerprint: set exactly one of fingerprint, subject (an RA "
+                "certificate) or user (a password user)"
+            )
         if self.fingerprint:
             object.__setattr__(
                 self, "fingerprint", _fingerprint("ra_scope.fingerprint", self.fingerprint)
@@ -452,6 +457,11 @@ class AuthConfig:
                 raise ConfigError(
                     f"auth.users.{user}: not an Argon2 hash; set it with "
                     f"`est-appliance passwd {user}` (plain passwords are never stored)"
+                )
+        for name, scope in self.ra_scopes.items():
+            if scope.user and scope.user not in self.users:
+                raise ConfigError(
+                    f"auth.ra_scopes.{name}.user: no user {scope.user!r} in auth.users"
                 )
 
 

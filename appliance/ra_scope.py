@@ -1,11 +1,12 @@
-"""What each RA certificate may enroll (issue 7): labels, operations and the pumps' names.
+"""What each RA may enroll (issue 7): labels, operations and the pumps' names.
 
-An RA certificate lets its holder enroll devices onto the clinical network; a scope narrows
-that to what the RA is for, e.g. the IQE gateway enrolls only CNs in the pump serial format,
-only on the default label. Scopes are selected by the RA certificate's SHA-256 fingerprint or
-its subject (`auth.ra_scopes`). With no scope configured, every RA may do everything (the
-behaviour before scopes existed); once any scope is configured, an RA certificate that matches
-none is refused. A refusal is 403 naming the rule that refused it.
+An RA certificate, or a gateway's password, lets its holder enroll devices onto the clinical
+network; a scope narrows that to what the RA is for, e.g. the IQE gateway enrolls only CNs in
+the pump serial format, only on the default label. Scopes are selected by the RA certificate's
+SHA-256 fingerprint or its subject, or by a password user's name (`auth.ra_scopes`). The two
+kinds are independent: with no certificate scope configured every RA certificate may do
+everything, and once one is, an RA certificate that matches none is refused; the same holds for
+password users and user scopes. A refusal is 403 naming the rule that refused it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ class _Scope:
     common_name: re.Pattern[str] | None
     subject: re.Pattern[str] | None
 
+    @property
+    def method(self) -> AuthMethod:
+        """Whom the scope is for: RA certificates or password users."""
+        return AuthMethod.PASSWORD if self.config.user else AuthMethod.CLIENT_CERTIFICATE
+
     def selects(self, identity: Identity) -> bool:
+        if identity.method is not self.method:
+            return False
+        if self.config.user:
+            return identity.principal == self.config.user
         if self.config.fingerprint:
             return identity.fingerprint == self.config.fingerprint
         return identity.principal == self.config.subject
@@ -58,31 +68,34 @@ class RaScopes:
         csr: x509.CertificateSigningRequest,
     ) -> None:
         """Raise Forbidden unless the RA `identity` may run `operation` on `label` for the
-        subject in `csr`. Identities that are not RA certificates are not scoped here."""
-        if not self._scopes or identity.method is not AuthMethod.CLIENT_CERTIFICATE:
+        subject in `csr`. A pump renewing its own certificate is not scoped here."""
+        if not any(scope.method is identity.method for scope in self._scopes):
             return
+        who = _who(identity)
         scope = next((s for s in self._scopes if s.selects(identity)), None)
         if scope is None:
+            password = identity.method is AuthMethod.PASSWORD
+            selector = "user name" if password else "fingerprint or subject"
             raise Forbidden(
-                f"RA certificate '{identity.principal}' matches no entry of auth.ra_scopes, so "
-                "it may not enroll anything; add a scope for its fingerprint or subject"
+                f"{who} matches no entry of auth.ra_scopes, so it may not enroll anything; "
+                f"add a scope for its {selector}"
             )
         rule = f"auth.ra_scopes.{scope.name}"
         label_name = label or DEFAULT_LABEL_NAME
         if scope.config.labels and label_name not in scope.config.labels:
             raise Forbidden(
-                f"RA '{identity.principal}' may not use CA label '{label_name}' ({rule}.labels "
+                f"{who} may not use CA label '{label_name}' ({rule}.labels "
                 f"allows {', '.join(scope.config.labels)})"
             )
         if operation not in scope.config.operations:
             raise Forbidden(
-                f"RA '{identity.principal}' may not use {operation} ({rule}.operations allows "
+                f"{who} may not use {operation} ({rule}.operations allows "
                 f"{', '.join(scope.config.operations)})"
             )
         subject = csr.subject.rfc4514_string()
         if scope.subject is not None and not scope.subject.fullmatch(subject):
             raise Forbidden(
-                f"RA '{identity.principal}' may not enroll subject '{subject}': it does not "
+                f"{who} may not enroll subject '{subject}': it does not "
                 f"match {rule}.subject_pattern '{scope.config.subject_pattern}'"
             )
         if scope.common_name is not None:
@@ -91,6 +104,12 @@ class RaScopes:
             if len(values) != 1 or not scope.common_name.fullmatch(values[0]):
                 shown = values[0] if len(values) == 1 else ", ".join(values) or "none"
                 raise Forbidden(
-                    f"RA '{identity.principal}' may not enroll CN '{shown}': it does not match "
+                    f"{who} may not enroll CN '{shown}': it does not match "
                     f"{rule}.common_name_pattern '{scope.config.common_name_pattern}'"
                 )
+
+
+def _who(identity: Identity) -> str:
+    if identity.method is AuthMethod.PASSWORD:
+        return f"user '{identity.principal}'"
+    return f"RA '{identity.principal}'"

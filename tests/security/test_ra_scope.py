@@ -17,11 +17,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from appliance.auth import hash_password
+from appliance.config import AuthConfig, RaScopeConfig
+from appliance.errors import ConfigError
 from tests.support import (
     LAB_PASSWORD,
     LAB_USER,
     RunningAppliance,
     curl,
+    lab_password_hash,
     make_csr,
     make_lab,
     openssl,
@@ -180,6 +184,119 @@ def test_password_enrollment_is_not_ra_scoped(scoped: Scoped, tmp_path: Path) ->
         ]
     )
     assert status == 200, body
+
+
+@dataclass(frozen=True)
+class UserScoped:
+    appliance: RunningAppliance
+    ra: Ra
+
+
+WARD_USER, WARD_PASSWORD = "ward-3", "ward-three-password-2024"
+
+
+@pytest.fixture(scope="module")
+def user_scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserScoped]:
+    """A scope for the gateway's password user only: password users are scoped, RA
+    certificates (no certificate scope configured) are not."""
+    folder = tmp_path_factory.mktemp("user-scope")
+    users = {LAB_USER: lab_password_hash(), WARD_USER: hash_password(WARD_PASSWORD)}
+    scopes = {
+        "gateway-password": {
+            "user": LAB_USER,
+            "labels": ["default"],
+            "operations": ["simpleenroll"],
+            "common_name_pattern": "NPP[0-9]{4}",
+        }
+    }
+    lab = make_lab(folder, {"auth": {"users": users, "ra_scopes": scopes}})
+    running = start_appliance(lab)
+    yield UserScoped(running, Ra(lab.ra_cert, lab.ra_key))
+    running.stop()
+
+
+def _bootstrap(
+    appliance: RunningAppliance, user: str, password: str, csr: Path
+) -> tuple[int, dict[str, str], bytes]:
+    return curl(
+        [
+            "--cacert",
+            str(appliance.lab.ca_cert),
+            "-u",
+            f"{user}:{password}",
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            f"@{csr}",
+            appliance.url("bootstrap"),
+        ]
+    )
+
+
+USER_SCOPE_CASES: list[tuple[str, str, int, str]] = [
+    (LAB_USER, "NPP3001", 200, ""),
+    (
+        LAB_USER,
+        "laptop-9",
+        403,
+        f"user '{LAB_USER}' may not enroll CN 'laptop-9': it does not match "
+        "auth.ra_scopes.gateway-password.common_name_pattern 'NPP[0-9]{4}'",
+    ),
+    (
+        WARD_USER,
+        "NPP3002",
+        403,
+        f"user '{WARD_USER}' matches no entry of auth.ra_scopes, so it may not enroll "
+        "anything; add a scope for its user name",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", USER_SCOPE_CASES)
+def test_password_user_scope(
+    user_scoped: UserScoped, tmp_path: Path, case: tuple[str, str, int, str]
+) -> None:
+    user, cn, status, message = case
+    password = LAB_PASSWORD if user == LAB_USER else WARD_PASSWORD
+    csr, _key = make_csr(tmp_path, cn)
+    got, _h, body = _bootstrap(user_scoped.appliance, user, password, csr)
+    assert got == status, body
+    assert message.encode() in body
+    if status == 200:
+        assert f"subject=CN = {cn}" in _certificates(body, "bootstrap")
+
+
+def test_ra_certificates_stay_unscoped_when_only_users_are(
+    user_scoped: UserScoped, tmp_path: Path
+) -> None:
+    csr, _key = make_csr(tmp_path, "laptop-10")
+    appliance = user_scoped.appliance
+    status, _h, body = curl(
+        [
+            "--cacert",
+            str(appliance.lab.ca_cert),
+            "--cert",
+            str(user_scoped.ra.cert),
+            "--key",
+            str(user_scoped.ra.key),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            f"@{csr}",
+            appliance.url("simpleenroll"),
+        ]
+    )
+    assert status == 200, body
+
+
+def test_a_user_scope_must_name_a_configured_user() -> None:
+    with pytest.raises(ConfigError, match=r"auth.ra_scopes.night.user: no user 'nobody'"):
+        AuthConfig(
+            users={LAB_USER: lab_password_hash()},
+            ra_scopes={"night": RaScopeConfig(user="nobody")},
+        )
+    with pytest.raises(ConfigError, match="set exactly one of fingerprint, subject"):
+        RaScopeConfig(user=LAB_USER, subject="CN=IQE Gateway RA")
 
 
 STRICT = "profiles.strict.enrollment.csr_policy"
