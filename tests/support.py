@@ -182,6 +182,26 @@ def curl_ra_enroll(
     )
 
 
+def curl_password_enroll(
+    lab: Lab, url: str, csr: Path, user: str, password: str, *, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    """The integration guide's password recipe: HTTP Basic, raw DER CSR, real curl."""
+    return curl(
+        [
+            "--cacert",
+            str(lab.ca_cert),
+            "-u",
+            f"{user}:{password}",
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            f"@{csr}",
+            url,
+        ],
+        timeout=timeout,
+    )
+
+
 def openssl(*args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["openssl", *args], input=input_bytes, capture_output=True, timeout=60, check=False

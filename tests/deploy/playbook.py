@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -70,3 +71,34 @@ def run_playbook(inventory: Path, *extra: str, host: str, timeout: float = 600) 
         if match["host"] == host:
             counts = {key: int(match[key]) for key in counts}
     return Run(returncode=result.returncode, output=output, **counts)
+
+
+def run_on_localhost(
+    folder: Path, role: Path, tasks: str, variables: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
+    """One play on localhost with `role`'s defaults, running `tasks` (YAML items of the play's
+    task list) with `variables` as extra vars: a role's checks and templates, no host needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    playbook = folder / "localhost.yml"
+    playbook.write_text(
+        f"""- name: Run a role's checks and templates on localhost
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files:
+    - {role / "defaults" / "main.yml"}
+  tasks:
+{tasks}""",
+        encoding="utf-8",
+    )
+    extra = folder / "extra.json"
+    extra.write_text(json.dumps(variables), encoding="utf-8")
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", f"@{extra}"],
+        cwd=ANSIBLE_DIR,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )

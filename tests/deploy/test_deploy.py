@@ -183,14 +183,7 @@ def test_a_pump_enrolls_through_the_deployed_appliance_and_passes_eap_tls(
     export = deployment.export
     ca = export / "ca-cert.pem"
     pumps = deployment.folder / "pumps"
-    gateway = Gateway(
-        deployment.url,
-        ca_file=ca,
-        approach="ra",
-        ra_cert=export / "iqe-ra-cert.pem",
-        ra_key=export / "iqe-ra-key.pem",
-    )
-    with gateway:
+    with _ra_gateway(deployment) as gateway:
         pump = Pump.create("NPPDEPLOY1", pumps / "NPPDEPLOY1")
         gateway.enroll_pump(pump, gateway.fetch_cacerts())
     assert (pump.key_file.stat().st_mode & 0o777) == 0o600
@@ -217,6 +210,18 @@ def test_a_pump_enrolls_through_the_deployed_appliance_and_passes_eap_tls(
                 Pump.create("NPPDEPLOY3", pumps / "NPPDEPLOY3"), wrong.fetch_cacerts()
             )
         assert refused.value.status == 401
+
+
+def _ra_gateway(deployment: Deployment) -> Gateway:
+    """The IQE gateway's RA approach with the credentials the est_appliance role exported."""
+    export = deployment.export
+    return Gateway(
+        deployment.url,
+        ca_file=export / "ca-cert.pem",
+        approach="ra",
+        ra_cert=export / "iqe-ra-cert.pem",
+        ra_key=export / "iqe-ra-key.pem",
+    )
 
 
 def _eapol(deployment: Deployment, identity: str, cert: Path, key: Path) -> int:
@@ -253,14 +258,7 @@ def _eapol(deployment: Deployment, identity: str, cert: Path, key: Path) -> int:
 def test_radius_role_accepts_only_pumps_of_the_est_ca(deployment: Deployment) -> None:
     """FreeRADIUS deployed by the radius role, in the container, asked from this machine."""
     pump = Pump.create("NPPRADIUS1", deployment.folder / "pumps" / "NPPRADIUS1")
-    export = deployment.export
-    with Gateway(
-        deployment.url,
-        ca_file=export / "ca-cert.pem",
-        approach="ra",
-        ra_cert=export / "iqe-ra-cert.pem",
-        ra_key=export / "iqe-ra-key.pem",
-    ) as gw:
+    with _ra_gateway(deployment) as gw:
         gw.enroll_pump(pump, gw.fetch_cacerts())
     assert _eapol(deployment, "NPPRADIUS1", pump.cert_file, pump.key_file) == 0
     # Negative controls: another identity; a certificate from a CA the server does not trust.
@@ -373,13 +371,7 @@ def test_radius_rejects_a_pump_once_the_appliance_revokes_it(deployment: Deploym
         name: Pump.create(name, deployment.folder / "pumps" / name)
         for name in ("NPPKEPT", "NPPSTOLEN")
     }
-    with Gateway(
-        deployment.url,
-        ca_file=export / "ca-cert.pem",
-        approach="ra",
-        ra_cert=export / "iqe-ra-cert.pem",
-        ra_key=export / "iqe-ra-key.pem",
-    ) as gw:
+    with _ra_gateway(deployment) as gw:
         cacerts = gw.fetch_cacerts()
         for pump in pumps.values():
             gw.enroll_pump(pump, cacerts)

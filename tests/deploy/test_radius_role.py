@@ -4,7 +4,6 @@ appliance on 127.0.0.1 (the deploy test runs it inside the systemd host)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 from cryptography import x509
 
 from tests.deploy.container import free_port
-from tests.deploy.playbook import ANSIBLE_DIR, BIN, ansible_env
-from tests.support import Lab, RunningAppliance, curl, make_lab, run_cli, start_appliance
+from tests.deploy.playbook import ANSIBLE_DIR, run_on_localhost
+from tests.support import Lab, RunningAppliance, curl_ra_enroll, make_lab, run_cli, start_appliance
 
 ROLE = ANSIBLE_DIR / "roles" / "radius"
 REFRESHER = "est-radius-crl"
@@ -24,17 +23,7 @@ def _render(
     folder: Path, extra: dict[str, object], *, checks: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The role's checks (unless `checks` is off), then eap and the refresher into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    playbook = folder / "render.yml"
-    playbook.write_text(
-        f"""- name: Render the radius role's revocation pieces
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {ROLE / "defaults" / "main.yml"}
-  tasks:
-    - name: Run the role's variable checks
+    tasks = f"""    - name: Run the role's variable checks
       ansible.builtin.import_tasks: {ROLE / "tasks" / "assert.yml"}
       when: {str(checks).lower()}
     - name: Render a template
@@ -44,22 +33,12 @@ def _render(
         mode: "0755"
       loop: [eap, {REFRESHER}]
 """
-    )
     variables = {
         "radius_ca_cert_src": "/controller/ca-cert.pem",
         "radius_clients": [{"name": "ap", "address": "127.0.0.1", "secret": "s3cret-for-tests"}],
         **extra,
     }
-    (folder / "extra.json").write_text(json.dumps(variables))
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", "@extra.json"],
-        cwd=folder,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_on_localhost(folder, ROLE, tasks, variables)
 
 
 def test_without_a_crl_url_freeradius_checks_no_crl(tmp_path: Path) -> None:
@@ -158,21 +137,7 @@ def _revoke_one(lab: Lab, appliance: RunningAppliance, folder: Path) -> int:
         capture_output=True,
         check=True,
     )
-    status, _h, body = curl(
-        [
-            "--cacert",
-            str(lab.ca_cert),
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            appliance.url("simpleenroll"),
-        ]
-    )
+    status, _h, body = curl_ra_enroll(lab, appliance.url("simpleenroll"), csr)
     assert status == 200, body
     result = run_cli("revoke", "--subject", "NPPCRL1", "--config", str(lab.config))
     # "revoked <serial hex> CN=NPPCRL1 (unspecified)"

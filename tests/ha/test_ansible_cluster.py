@@ -5,7 +5,6 @@ the role renders for every node: all cores, the keep-alive linger."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from appliance.config import parse_config
-from tests.deploy.playbook import ANSIBLE_DIR, BIN, ansible_env
+from tests.deploy.playbook import ANSIBLE_DIR, run_on_localhost
 from tests.support import Lab, make_lab
 
 ROLE = ANSIBLE_DIR / "roles" / "est_appliance"
@@ -27,36 +26,15 @@ def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 def _render(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
     """The role's own checks, then its config template, with the role's defaults."""
-    out = tmp_path / "config.yaml"
-    playbook = tmp_path / "render.yml"
-    playbook.write_text(
-        f"""- name: Render the est_appliance configuration
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {ROLE / "defaults" / "main.yml"}
-  tasks:
-    - name: Run the role's variable checks
+    tasks = f"""    - name: Run the role's variable checks
       ansible.builtin.import_tasks: {ROLE / "tasks" / "assert.yml"}
     - name: Render config.yaml
       ansible.builtin.template:
         src: {ROLE / "templates" / "config.yaml.j2"}
-        dest: {out}
+        dest: {tmp_path / "config.yaml"}
         mode: "0600"
 """
-    )
-    extra_file = tmp_path / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", f"@{extra_file}"],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_on_localhost(tmp_path, ROLE, tasks, extra)
 
 
 def _cluster_vars(lab: Lab) -> dict[str, object]:

@@ -12,6 +12,7 @@ from tests.support import (
     LAB_PASSWORD,
     LAB_USER,
     curl,
+    curl_password_enroll,
     curl_ra_enroll,
     make_csr,
     make_lab,
@@ -164,18 +165,8 @@ def test_passwd_stores_a_hash_that_the_server_accepts(tmp_path: Path, work: Path
             ("nurse-station", LAB_PASSWORD, 401),
             (LAB_USER, LAB_PASSWORD, 200),
         ]:
-            status, _h, _b = curl(
-                [
-                    "--cacert",
-                    str(lab.ca_cert),
-                    "-u",
-                    f"{user}:{password}",
-                    "-H",
-                    "Content-Type: application/pkcs10",
-                    "--data-binary",
-                    f"@{csr}",
-                    appliance.url("bootstrap"),
-                ]
+            status, _h, _b = curl_password_enroll(
+                lab, appliance.url("bootstrap"), csr, user, password
             )
             assert status == expected, (user, password)
 

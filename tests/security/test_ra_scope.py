@@ -25,6 +25,8 @@ from tests.support import (
     LAB_USER,
     RunningAppliance,
     curl,
+    curl_password_enroll,
+    curl_ra_enroll,
     lab_password_hash,
     make_csr,
     make_lab,
@@ -170,33 +172,17 @@ def test_ra_scope(scoped: Scoped, tmp_path: Path, case: tuple[str, str, str, int
 def test_password_enrollment_is_not_ra_scoped(scoped: Scoped, tmp_path: Path) -> None:
     csr, _key = make_csr(tmp_path, "not-a-pump-serial")
     appliance = scoped.appliance
-    status, _h, body = curl(
-        [
-            "--cacert",
-            str(appliance.lab.ca_cert),
-            "-u",
-            f"{LAB_USER}:{LAB_PASSWORD}",
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            appliance.url("bootstrap"),
-        ]
+    status, _h, body = curl_password_enroll(
+        appliance.lab, appliance.url("bootstrap"), csr, LAB_USER, LAB_PASSWORD
     )
     assert status == 200, body
-
-
-@dataclass(frozen=True)
-class UserScoped:
-    appliance: RunningAppliance
-    ra: Ra
 
 
 WARD_USER, WARD_PASSWORD = "ward-3", "ward-three-password-2024"
 
 
 @pytest.fixture(scope="module")
-def user_scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserScoped]:
+def user_scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAppliance]:
     """A scope for the gateway's password user only: password users are scoped, RA
     certificates (no certificate scope configured) are not."""
     folder = tmp_path_factory.mktemp("user-scope")
@@ -211,26 +197,8 @@ def user_scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserScoped
     }
     lab = make_lab(folder, {"auth": {"users": users, "ra_scopes": scopes}})
     running = start_appliance(lab)
-    yield UserScoped(running, Ra(lab.ra_cert, lab.ra_key))
+    yield running
     running.stop()
-
-
-def _bootstrap(
-    appliance: RunningAppliance, user: str, password: str, csr: Path
-) -> tuple[int, dict[str, str], bytes]:
-    return curl(
-        [
-            "--cacert",
-            str(appliance.lab.ca_cert),
-            "-u",
-            f"{user}:{password}",
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            appliance.url("bootstrap"),
-        ]
-    )
 
 
 USER_SCOPE_CASES: list[tuple[str, str, int, str]] = [
@@ -254,12 +222,15 @@ USER_SCOPE_CASES: list[tuple[str, str, int, str]] = [
 
 @pytest.mark.parametrize("case", USER_SCOPE_CASES)
 def test_password_user_scope(
-    user_scoped: UserScoped, tmp_path: Path, case: tuple[str, str, int, str]
+    user_scoped: RunningAppliance, tmp_path: Path, case: tuple[str, str, int, str]
 ) -> None:
     user, cn, status, message = case
     password = LAB_PASSWORD if user == LAB_USER else WARD_PASSWORD
     csr, _key = make_csr(tmp_path, cn)
-    got, _h, body = _bootstrap(user_scoped.appliance, user, password, csr)
+    appliance = user_scoped
+    got, _h, body = curl_password_enroll(
+        appliance.lab, appliance.url("bootstrap"), csr, user, password
+    )
     assert got == status, body
     assert message.encode() in body
     if status == 200:
@@ -267,25 +238,11 @@ def test_password_user_scope(
 
 
 def test_ra_certificates_stay_unscoped_when_only_users_are(
-    user_scoped: UserScoped, tmp_path: Path
+    user_scoped: RunningAppliance, tmp_path: Path
 ) -> None:
     csr, _key = make_csr(tmp_path, "laptop-10")
-    appliance = user_scoped.appliance
-    status, _h, body = curl(
-        [
-            "--cacert",
-            str(appliance.lab.ca_cert),
-            "--cert",
-            str(user_scoped.ra.cert),
-            "--key",
-            str(user_scoped.ra.key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            appliance.url("simpleenroll"),
-        ]
-    )
+    appliance = user_scoped
+    status, _h, body = curl_ra_enroll(appliance.lab, appliance.url("simpleenroll"), csr)
     assert status == 200, body
 
 
