@@ -164,34 +164,25 @@ def curl_ra_enroll(
     lab: Lab, url: str, csr: Path, *, timeout: float = 30
 ) -> tuple[int, dict[str, str], bytes]:
     """The integration guide's RA recipe: RA client certificate, raw DER CSR, real curl."""
-    return curl(
-        [
-            "--cacert",
-            str(lab.ca_cert),
-            "--cert",
-            str(lab.ra_cert),
-            "--key",
-            str(lab.ra_key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{csr}",
-            url,
-        ],
-        timeout=timeout,
-    )
+    credentials = ["--cert", str(lab.ra_cert), "--key", str(lab.ra_key)]
+    return _curl_post_csr(lab, url, csr, credentials, timeout)
 
 
 def curl_password_enroll(
     lab: Lab, url: str, csr: Path, user: str, password: str, *, timeout: float = 30
 ) -> tuple[int, dict[str, str], bytes]:
     """The integration guide's password recipe: HTTP Basic, raw DER CSR, real curl."""
+    return _curl_post_csr(lab, url, csr, ["-u", f"{user}:{password}"], timeout)
+
+
+def _curl_post_csr(
+    lab: Lab, url: str, csr: Path, credentials: list[str], timeout: float
+) -> tuple[int, dict[str, str], bytes]:
     return curl(
         [
             "--cacert",
             str(lab.ca_cert),
-            "-u",
-            f"{user}:{password}",
+            *credentials,
             "-H",
             "Content-Type: application/pkcs10",
             "--data-binary",
