@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = command("check", "validate config.yaml and the PKI files without serving")
+    p.add_argument(
+        "--config-only",
+        action="store_true",
+        help="validate config.yaml alone, before the PKI exists (what a deployment tool runs "
+        "on a rendered file before installing it)",
+    )
     p.set_defaults(func=_check)
 
     p = command("passwd", "set a bootstrap user's password (stored as an Argon2id hash)")
@@ -168,6 +174,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.config_only:
+        print(f"{config.source}: configuration is valid (PKI not checked)")
+        return 0
     appliance = build_appliance(config)
     appliance.ledger.close()
     print(f"{config.source}: configuration and PKI are valid")

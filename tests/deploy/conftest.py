@@ -20,6 +20,16 @@ PASSWORD = "deploy-test-password-7f3a"  # not the lab password: this host is "st
 OPERATOR = "ward-ops"
 OPERATOR_PASSWORD = "deploy-test-operator-9c1e"
 RADIUS_SECRET = "deploy-test-radius-secret"
+# The pump names this deployment's gateway may enroll: an RA scope from the inventory's
+# est_appliance_config_overrides, as a hospital limits its gateway (est-lab-check's PUMP<n> too).
+PUMP_NAMES = "(NPP|PUMP)[0-9A-Z]+"
+RA_SCOPES = {
+    "iqe-ra": {
+        "subject": "CN=IQE Gateway RA,O=Hospital Clinical Network",
+        "common_name_pattern": PUMP_NAMES,
+    },
+    "iqe-password": {"user": "iqe-gateway", "common_name_pattern": PUMP_NAMES},
+}
 
 
 @dataclass
@@ -96,6 +106,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "est_appliance_port": est_port,
         "est_appliance_users": {"iqe-gateway": PASSWORD},
         "est_appliance_admin_users": {OPERATOR: OPERATOR_PASSWORD},
+        "est_appliance_config_overrides": {"auth": {"ra_scopes": RA_SCOPES}},
         "est_appliance_source_dir": str(source),
         "est_appliance_build_dir": str(folder / "wheels"),
         "est_appliance_wheelhouse": str(wheelhouse),

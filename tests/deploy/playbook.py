@@ -80,13 +80,17 @@ def run_on_localhost(
     task list) with `variables` as extra vars: a role's checks and templates, no host needed."""
     folder.mkdir(parents=True, exist_ok=True)
     playbook = folder / "localhost.yml"
+    vars_files = "".join(
+        f"\n    - {path}"
+        for path in (role / "defaults" / "main.yml", role / "vars" / "main.yml")
+        if path.exists()
+    )
     playbook.write_text(
         f"""- name: Run a role's checks and templates on localhost
   hosts: localhost
   connection: local
   gather_facts: false
-  vars_files:
-    - {role / "defaults" / "main.yml"}
+  vars_files:{vars_files}
   tasks:
 {tasks}""",
         encoding="utf-8",
@@ -102,3 +106,23 @@ def run_on_localhost(
         timeout=180,
         check=False,
     )
+
+
+APPLIANCE_ROLE = ANSIBLE_DIR / "roles" / "est_appliance"
+
+
+def render_appliance_config(
+    folder: Path, variables: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
+    """The est_appliance role's variable checks, then its config.yaml template with the role's
+    own validation (`est-appliance check --config-only`), into folder/config.yaml."""
+    tasks = f"""    - name: Run the role's variable checks
+      ansible.builtin.import_tasks: {APPLIANCE_ROLE / "tasks" / "assert.yml"}
+    - name: Render config.yaml
+      ansible.builtin.template:
+        src: {APPLIANCE_ROLE / "templates" / "config.yaml.j2"}
+        dest: {folder / "config.yaml"}
+        mode: "0600"
+        validate: "{BIN / "est-appliance"} check --config-only --config %s"
+"""
+    return run_on_localhost(folder, APPLIANCE_ROLE, tasks, variables)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simulator import Gateway, Pump, RadiusServer, authenticate
 from simulator.troubleshooting import EnrollmentError
@@ -21,6 +22,7 @@ from tests.deploy.conftest import (
     OPERATOR,
     OPERATOR_PASSWORD,
     PASSWORD,
+    RA_SCOPES,
     RADIUS_SECRET,
     Deployment,
 )
@@ -212,6 +214,25 @@ def test_a_pump_enrolls_through_the_deployed_appliance_and_passes_eap_tls(
         assert refused.value.status == 401
 
 
+def test_ra_scopes_from_the_inventory_limit_what_the_gateway_may_enroll(
+    deployment: Deployment,
+) -> None:
+    """est_appliance_config_overrides reaches the running service: the inventory's scopes keep
+    both of the gateway's credentials to pump names (the pumps above were inside them)."""
+    ca = deployment.export / "ca-cert.pem"
+    laptops = deployment.folder / "laptops"
+    password = Gateway(
+        deployment.url, ca_file=ca, approach="password", username="iqe-gateway", password=PASSWORD
+    )
+    for gateway, scope in ((_ra_gateway(deployment), "iqe-ra"), (password, "iqe-password")):
+        with gateway, pytest.raises(EnrollmentError) as refused:
+            gateway.enroll_pump(Pump.create("laptop-9", laptops / scope), gateway.fetch_cacerts())
+        assert refused.value.status == 403
+        assert f"auth.ra_scopes.{scope}.common_name_pattern" in (
+            refused.value.server_message or ""
+        ), refused.value
+
+
 def _ra_gateway(deployment: Deployment) -> Gateway:
     """The IQE gateway's RA approach with the credentials the est_appliance role exported."""
     export = deployment.export
@@ -342,8 +363,10 @@ def test_a_changed_variable_restarts_the_service_exactly_once(deployment: Deploy
     # systemd's own "Started" record (SD_MESSAGE_UNIT_STARTED), once.
     unit_started = "39f53479d3a045ac8e11786248231fbf"
     assert sum(1 for e in entries if e.get("MESSAGE_ID") == unit_started) == 1, entries[-5:]
-    config = box.ssh("cat /etc/est-appliance/config.yaml").stdout
-    assert 'level: "DEBUG"' in config
+    config = yaml.safe_load(box.ssh("cat /etc/est-appliance/config.yaml").stdout)
+    assert config["logging"]["level"] == "DEBUG"
+    # Overrides survive a change of the role's own variables.
+    assert config["auth"]["ra_scopes"] == RA_SCOPES
 
 
 def test_lab_password_is_refused_on_a_host_not_marked_lab(deployment: Deployment) -> None:

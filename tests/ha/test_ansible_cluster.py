@@ -12,10 +12,9 @@ import pytest
 import yaml
 
 from appliance.config import parse_config
-from tests.deploy.playbook import ANSIBLE_DIR, run_on_localhost
+from tests.deploy.playbook import render_appliance_config
 from tests.support import Lab, make_lab
 
-ROLE = ANSIBLE_DIR / "roles" / "est_appliance"
 DSN = "postgresql://est_appliance:vault-secret@db.cluster.internal:5432/est_ledger"
 
 
@@ -25,16 +24,7 @@ def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def _render(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    """The role's own checks, then its config template, with the role's defaults."""
-    tasks = f"""    - name: Run the role's variable checks
-      ansible.builtin.import_tasks: {ROLE / "tasks" / "assert.yml"}
-    - name: Render config.yaml
-      ansible.builtin.template:
-        src: {ROLE / "templates" / "config.yaml.j2"}
-        dest: {tmp_path / "config.yaml"}
-        mode: "0600"
-"""
-    return run_on_localhost(tmp_path, ROLE, tasks, extra)
+    return render_appliance_config(tmp_path, extra)
 
 
 def _cluster_vars(lab: Lab) -> dict[str, object]:

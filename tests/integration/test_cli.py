@@ -139,6 +139,20 @@ def test_invalid_config_is_refused_naming_the_key(
     assert message in result.stderr
 
 
+def test_check_config_only_validates_the_file_before_the_pki_exists(tmp_path: Path) -> None:
+    """What the Ansible role's template runs on a rendered config.yaml before installing it."""
+    config = write_config(tmp_path, {"enrollment": {"duplicate_subject": "reject"}})
+    only = run_cli("check", "--config-only", "--config", str(config), check=False, timeout=30)
+    assert only.returncode == 0, only.stderr
+    assert "configuration is valid (PKI not checked)" in only.stdout
+    full = run_cli("check", "--config", str(config), check=False, timeout=30)
+    assert full.returncode == 2 and "certificate file is missing" in full.stderr
+    bad = write_config(tmp_path / "bad", {"enrollment": {"duplicate_subject": "refuse"}})
+    refused = run_cli("check", "--config-only", "--config", str(bad), check=False, timeout=30)
+    assert refused.returncode == 2
+    assert "enrollment.duplicate_subject: must be one of allow, reject" in refused.stderr
+
+
 def test_passwd_stores_a_hash_that_the_server_accepts(tmp_path: Path, work: Path) -> None:
     lab = make_lab(tmp_path)
     original = lab.config.read_text()
