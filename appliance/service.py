@@ -36,6 +36,7 @@ from appliance.ledger import (
 from appliance.policy import Channel, pop_linked, same_subject_and_san, subject_has_common_name
 from appliance.profiles import DEFAULT_LABEL, Profile
 from appliance.ra_scope import RaScopes
+from appliance.serverkeygen import refuse_key_encryption_request
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class EnrollmentService:
         is returned to the caller and neither recorded nor logged."""
         profile = self.profile(label)
         self._check(profile, csr, channel, check_key=False)
+        refuse_key_encryption_request(csr)
         self._scopes.check(identity, label=profile.label, operation="serverkeygen", csr=csr)
         request = _vet(profile, csr)
         if profile.settings.manual_approval:

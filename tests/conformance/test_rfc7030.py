@@ -14,9 +14,11 @@ import http.client
 import ssl
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from appliance.ledger import REVOKED, SUPERSEDED, VALID, SqliteLedger
@@ -567,6 +569,45 @@ def test_serverkeygen_der_profile_binary_parts_rfc7030_4_4_2(
     key = serialization.load_der_private_key(raw, None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
     assert cert_part.get_content_type() == "application/pkcs7-mime"
+
+
+@pytest.mark.parametrize(
+    ("oid", "attribute"),
+    [
+        ("1.2.840.113549.1.9.16.2.37", "DecryptKeyIdentifier"),
+        ("1.2.840.113549.1.9.16.2.54", "AsymmetricDecryptKeyIdentifier"),
+    ],
+)
+def test_serverkeygen_refuses_key_encryption_it_cannot_honour_rfc7030_4_4_1(
+    appliance: RunningAppliance, lab: Lab, work: Path, oid: str, attribute: str
+) -> None:
+    """RFC 7030 §4.4.1.1/§4.4.1.2: a server without the key the attribute identifies MUST end
+    the request with an error; sending the key unencrypted instead would be less than asked."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = f"keyenc-{attribute.lower()}"
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    )
+    # The identifier is an OCTET STRING (RFC 7030 appendix A).
+    builder = builder.add_attribute(
+        x509.ObjectIdentifier(oid), b"kek-1", _tag=_ASN1Type.OctetString
+    )
+    csr = work / f"{name}.der"
+    csr.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    assert (
+        oid in openssl("req", "-inform", "DER", "-in", str(csr), "-noout", "-text").stdout.decode()
+    )
+    status, _headers, body = _post(appliance, "serverkeygen", csr, *ra(lab))
+    assert status == 400, body
+    assert f"encrypted ({attribute} (RFC 7030".encode() in body, body
+    assert b"PRIVATE KEY" not in body and b"application/pkcs8" not in body
+    assert name.encode() not in b"".join(
+        p.read_bytes() for p in lab.ledger.parent.glob("ledger.db*")
+    )
+    # The same request without the attribute gets its key.
+    plain, _ = new_csr(work, name)
+    status, headers, body = _post(appliance, "serverkeygen", plain, *ra(lab))
+    assert status == 200 and headers["content-type"].startswith("multipart/mixed"), body
 
 
 # --- CA labels and routing ---------------------------------------------------------------------
