@@ -88,6 +88,18 @@ def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+def csr_attributes(csr: x509.CertificateSigningRequest) -> list[x509.Attribute]:
+    """The CSR's attributes, for the checks that read them (challengePassword, key-encryption
+    requests). Not part of decode_csr: a CSR nobody asks attributes of is not refused for them."""
+    try:
+        return list(csr.attributes)
+    except ValueError as exc:
+        raise BadRequest(
+            f"CSR attributes cannot be read: {_first_line(exc)}; send each attribute (such as "
+            "challengePassword) with exactly one value"
+        ) from None
+
+
 def _csr_der(body: bytes) -> bytes:
     if b"-----BEGIN" in body[:64]:
         match = _PEM_CSR.search(body)

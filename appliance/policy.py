@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
+from appliance.codec import csr_attributes
 from appliance.config import EnrollmentConfig
 from appliance.errors import BadRequest, Forbidden
 from appliance.issuer import CertificateRequest
@@ -154,13 +155,17 @@ def pop_linked(
             f"{channel.protocol or 'this connection'} has no tls-unique value; connect with "
             "TLS 1.2"
         )
-    try:
-        value = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value
-    except x509.AttributeNotFound:
+    passwords = [
+        attribute.value
+        for attribute in csr_attributes(csr)
+        if attribute.oid == AttributeOID.CHALLENGE_PASSWORD
+    ]
+    if not passwords:
         raise BadRequest(
             "CSR has no challengePassword: this CA requires it to carry the base64 tls-unique "
             "value of the TLS connection (RFC 7030 §3.5)"
-        ) from None
+        )
+    value = passwords[0]
     expected = base64.b64encode(channel.tls_unique)
     if value.strip() != expected:
         raise Forbidden(

@@ -17,7 +17,13 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from appliance.codec import CERTS_ONLY_MIME, EncodedBody, certs_only_der, wrap_base64
+from appliance.codec import (
+    CERTS_ONLY_MIME,
+    EncodedBody,
+    certs_only_der,
+    csr_attributes,
+    wrap_base64,
+)
 from appliance.config import ResponseFormat
 from appliance.errors import BadRequest
 from appliance.keys import SigningKey
@@ -35,14 +41,7 @@ _KEY_ENCRYPTION_ATTRIBUTES = {
 def refuse_key_encryption_request(csr: x509.CertificateSigningRequest) -> None:
     """RFC 7030 §4.4.1: a server without the key such an attribute identifies MUST end the
     request with an error; this appliance holds none."""
-    try:
-        oids = [attribute.oid.dotted_string for attribute in csr.attributes]
-    except ValueError as exc:
-        # Unreadable attributes may hide such a request: do not guess.
-        raise BadRequest(
-            f"CSR attributes cannot be read ({exc}); serverkeygen needs them"
-        ) from None
-    for oid in oids:
+    for oid in (attribute.oid.dotted_string for attribute in csr_attributes(csr)):
         if oid in _KEY_ENCRYPTION_ATTRIBUTES:
             asked = _KEY_ENCRYPTION_ATTRIBUTES[oid]
             raise BadRequest(

@@ -814,6 +814,56 @@ def test_pop_linking_tls13_per_profile_rfc7030_3_5(appliance: RunningAppliance, 
     assert status == 200, body
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8 or 1, "big")
+    return bytes([tag]) + (size if len(body) < 128 else bytes([0x80 | len(size)]) + size) + body
+
+
+def _csr_with_a_two_valued_challenge_password(path: Path) -> Path:
+    """A correctly signed PKCS#10 whose challengePassword is a SET of two values: RFC 2986
+    allows it, cryptography cannot read it, and no library builds one, so it is built here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    cn = _der(0x30, _der(0x06, bytes.fromhex("550403")) + _der(0x0C, b"NPPTWOVALUES"))
+    password = _der(0x06, bytes.fromhex("2a864886f70d010907"))  # 1.2.840.113549.1.9.7
+    values = _der(0x31, _der(0x0C, b"first") + _der(0x0C, b"second"))
+    attributes = _der(0xA0, _der(0x30, password + values))
+    info = _der(0x30, _der(0x02, b"\x00") + _der(0x30, _der(0x31, cn)) + spki + attributes)
+    signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
+    ecdsa_sha256 = _der(0x30, _der(0x06, bytes.fromhex("2a8648ce3d040302")))
+    path.write_bytes(_der(0x30, info + ecdsa_sha256 + _der(0x03, b"\x00" + signature)))
+    return path
+
+
+@pytest.mark.parametrize(("operation", "label"), [("simpleenroll", "pop"), ("serverkeygen", "")])
+def test_unreadable_csr_attributes_are_400_not_500_rfc2986(
+    appliance: RunningAppliance, lab: Lab, work: Path, operation: str, label: str
+) -> None:
+    """Where the appliance reads attributes (challengePassword for PoP linking, the
+    key-encryption request of serverkeygen), one it cannot read is the client's to fix."""
+    csr = _csr_with_a_two_valued_challenge_password(work / f"two-values-{operation}.der")
+    assert (
+        "challengePassword"
+        in openssl("req", "-inform", "DER", "-in", str(csr), "-noout", "-text").stdout.decode()
+    )
+    status, _headers, body = curl(
+        [
+            "--tls-max",
+            "1.2",
+            *ra(lab),
+            *CSR_TYPE,
+            "--data-binary",
+            f"@{csr}",
+            url(appliance, operation, label),
+        ]
+    )
+    assert status == 400, body
+    assert b"CSR attributes cannot be read" in body and b"exactly one value" in body
+    appliance.assert_alive()
+
+
 def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
