@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
+from appliance.csrattrs import tlv
 from appliance.ledger import REVOKED, SUPERSEDED, VALID, SqliteLedger
 from tests.conformance.conftest import (
     CSR_TYPE,
@@ -814,11 +815,6 @@ def test_pop_linking_tls13_per_profile_rfc7030_3_5(appliance: RunningAppliance, 
     assert status == 200, body
 
 
-def _der(tag: int, body: bytes) -> bytes:
-    size = len(body).to_bytes((len(body).bit_length() + 7) // 8 or 1, "big")
-    return bytes([tag]) + (size if len(body) < 128 else bytes([0x80 | len(size)]) + size) + body
-
-
 def _csr_with_a_two_valued_challenge_password(path: Path) -> Path:
     """A correctly signed PKCS#10 whose challengePassword is a SET of two values: RFC 2986
     allows it, cryptography cannot read it, and no library builds one, so it is built here."""
@@ -826,14 +822,14 @@ def _csr_with_a_two_valued_challenge_password(path: Path) -> Path:
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    cn = _der(0x30, _der(0x06, bytes.fromhex("550403")) + _der(0x0C, b"NPPTWOVALUES"))
-    password = _der(0x06, bytes.fromhex("2a864886f70d010907"))  # 1.2.840.113549.1.9.7
-    values = _der(0x31, _der(0x0C, b"first") + _der(0x0C, b"second"))
-    attributes = _der(0xA0, _der(0x30, password + values))
-    info = _der(0x30, _der(0x02, b"\x00") + _der(0x30, _der(0x31, cn)) + spki + attributes)
+    cn = tlv(0x30, tlv(0x06, bytes.fromhex("550403")) + tlv(0x0C, b"NPPTWOVALUES"))
+    password = tlv(0x06, bytes.fromhex("2a864886f70d010907"))  # 1.2.840.113549.1.9.7
+    values = tlv(0x31, tlv(0x0C, b"first") + tlv(0x0C, b"second"))
+    attributes = tlv(0xA0, tlv(0x30, password + values))
+    info = tlv(0x30, tlv(0x02, b"\x00") + tlv(0x30, tlv(0x31, cn)) + spki + attributes)
     signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
-    ecdsa_sha256 = _der(0x30, _der(0x06, bytes.fromhex("2a8648ce3d040302")))
-    path.write_bytes(_der(0x30, info + ecdsa_sha256 + _der(0x03, b"\x00" + signature)))
+    ecdsa_sha256 = tlv(0x30, tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
+    path.write_bytes(tlv(0x30, info + ecdsa_sha256 + tlv(0x03, b"\x00" + signature)))
     return path
 
 

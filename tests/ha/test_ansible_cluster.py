@@ -5,7 +5,6 @@ the role renders for every node: all cores, the keep-alive linger."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,6 @@ def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return make_lab(tmp_path_factory.mktemp("cluster-pki"))
 
 
-def _render(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    return render_appliance_config(tmp_path, extra)
-
-
 def _cluster_vars(lab: Lab) -> dict[str, object]:
     certs = lab.certs
     return {
@@ -42,7 +37,7 @@ def _cluster_vars(lab: Lab) -> dict[str, object]:
 def test_a_cluster_node_is_configured_for_the_shared_ledger(
     shared_pki: Lab, tmp_path: Path
 ) -> None:
-    result = _render(tmp_path, _cluster_vars(shared_pki))
+    result = render_appliance_config(tmp_path, _cluster_vars(shared_pki))
     assert result.returncode == 0, result.stdout + result.stderr
     rendered = (tmp_path / "config.yaml").read_text()
     config = parse_config(yaml.safe_load(rendered), base_dir=tmp_path)
@@ -51,21 +46,22 @@ def test_a_cluster_node_is_configured_for_the_shared_ledger(
 
 
 def test_outside_cluster_mode_the_ledger_stays_sqlite(tmp_path: Path) -> None:
-    result = _render(tmp_path, {})
+    result = render_appliance_config(tmp_path, {})
     assert result.returncode == 0, result.stdout + result.stderr
     config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
     assert config.ledger.dsn == "" and config.ledger.path.name == "ledger.db"
 
 
 def test_a_node_serves_from_every_core_unless_told_otherwise(tmp_path: Path) -> None:
-    result = _render(tmp_path, {})
+    result = render_appliance_config(tmp_path, {})
     assert result.returncode == 0, result.stdout + result.stderr
     config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
     assert config.server.workers == 0  # one per core
     assert config.server.keepalive_linger_ms == 20
     assert config.server.keepalive_connections == 1024
     (tmp_path / "config.yaml").unlink()
-    result = _render(tmp_path, {"est_appliance_workers": 3, "est_appliance_keepalive_linger_ms": 0})
+    server: dict[str, object] = {"est_appliance_workers": 3, "est_appliance_keepalive_linger_ms": 0}
+    result = render_appliance_config(tmp_path, server)
     assert result.returncode == 0, result.stdout + result.stderr
     config = parse_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), base_dir=tmp_path)
     assert (config.server.workers, config.server.keepalive_linger_ms) == (3, 0)
@@ -83,7 +79,7 @@ def test_a_node_serves_from_every_core_unless_told_otherwise(tmp_path: Path) -> 
 def test_dashboard_operators_are_checked_before_anything_is_written(
     tmp_path: Path, operators: dict[str, str], complaint: str
 ) -> None:
-    result = _render(
+    result = render_appliance_config(
         tmp_path,
         {
             "est_appliance_users": {"iqe-gateway": "another-long-password"},
@@ -106,7 +102,7 @@ def test_a_cluster_node_without_shared_material_is_refused(
     variables[missing] = ""
     if missing == "est_appliance_ca_cert_pem":
         variables["est_appliance_ca_key_pem"] = ""
-    result = _render(tmp_path, variables)
+    result = render_appliance_config(tmp_path, variables)
     assert result.returncode != 0
     assert "Check that a cluster node gets the shared CA" in result.stdout
     assert "est_appliance_cluster is true: give every node" in result.stdout, result.stdout[-1500:]
