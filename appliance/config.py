@@ -55,6 +55,12 @@ class ServerConfig:
     # process uses about one core (the GIL), so a 2-core host enrolls faster with 2. Each has
     # its own thread pool, per-address connection count and password cache (docs/PERFORMANCE.md).
     workers: int = 1
+    # With 2 or more workers and no more workers than CPUs: `auto` keeps worker i on the i-th
+    # CPU the appliance may use, so a worker's threads hand the GIL to each other on one core
+    # instead of chasing it across cores (+15 % keep-alive enrollments on 2 cores,
+    # docs/PERFORMANCE.md). `off` lets the kernel move them; choose it on a host whose cores
+    # are busy with other services.
+    cpu_affinity: Literal["auto", "off"] = "auto"
     # Idle keep-alive connections one worker keeps open (cheroot's default, 10, closes the
     # 11th gateway's persistent connection after every answer).
     keepalive_connections: int = 1024

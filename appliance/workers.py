@@ -87,8 +87,12 @@ def serve_workers(
     share = ConnectionShare(count)
     port = int(listener.getsockname()[1])
     bound = dataclasses.replace(config, server=dataclasses.replace(config.server, port=port))
+    cpus = allowed_cpus()
 
     def main(index: int, ready: Callable[[], None]) -> None:
+        cpu = worker_cpu(index, count, cpus, config.server.cpu_affinity)
+        if cpu is not None:
+            _pin(index, cpu)
         share.attach(index)
         _serve_worker(bound, build, configure, ready, listener=listener, share=share)
 
@@ -175,10 +179,37 @@ def effective_workers(configured: int) -> int:
     """`server.workers: 0` means one worker per CPU core this process may run on."""
     if configured > 0:
         return configured
+    return max(1, len(allowed_cpus()))
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (taskset, systemd CPUAffinity=, cgroup cpusets)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        return list(range(os.cpu_count() or 1))
+
+
+def worker_cpu(index: int, count: int, cpus: Sequence[int], setting: str) -> int | None:
+    """The CPU worker `index` of `count` stays on, or None to leave it to the scheduler.
+
+    Only when every worker gets a core of its own: with more workers than cores, pinned
+    workers cannot borrow an idle core from a busy sibling, and measured slower than free ones
+    (docs/PERFORMANCE.md). A single process keeps every core for its TLS handshakes and fsyncs,
+    which run without the GIL."""
+    if setting != "auto" or count < 2 or count > len(cpus):
+        return None
+    return cpus[index]
+
+
+def _pin(index: int, cpu: int) -> None:  # pragma: no cover - runs in a worker process
+    # Before any thread starts: cheroot's pool and the ledger's threads inherit the mask.
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # the CPU went offline or the cpuset shrank since start-up
+        log.warning("event=worker_not_pinned worker=%d cpu=%d reason=%s", index, cpu, exc.strerror)
+        return
+    log.info("event=worker_pinned worker=%d cpu=%d", index, cpu)
 
 
 @dataclass

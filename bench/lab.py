@@ -36,10 +36,22 @@ class Lab:
         return self.certs / name
 
 
-def make_lab(folder: Path, key_algorithm: str, *, workers: int, thread_pool: int) -> Lab:
+def make_lab(
+    folder: Path,
+    key_algorithm: str,
+    *,
+    workers: int,
+    thread_pool: int,
+    cpu_affinity: str = "auto",
+) -> Lab:
     password = secrets.token_urlsafe(18)
     config: dict[str, dict[str, Any]] = {
-        "server": {"host": "127.0.0.1", "port": 0, "workers": workers},
+        "server": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "workers": workers,
+            "cpu_affinity": cpu_affinity,
+        },
         "pki": {"dir": "certs", "key_algorithm": key_algorithm},
         "auth": {"users": {USER: hash_password(password)}},
         "ledger": {"path": "var/ledger.db"},

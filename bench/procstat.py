@@ -46,6 +46,24 @@ def machine_ticks() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields[:8])
 
 
+def workers_pinned(pids: list[int]) -> bool:
+    """True when every thread of each process may run on one CPU only, a different one per
+    process (the appliance's `server.cpu_affinity: auto` with several workers)."""
+    cpus: list[frozenset[int]] = []
+    for pid in pids:
+        masks = set()
+        for task in _read_dir(Path(f"/proc/{pid}/task")):
+            try:
+                masks.add(frozenset(os.sched_getaffinity(int(task))))
+            except OSError:  # the thread ended meanwhile
+                continue
+        if len(masks) != 1:
+            return False
+        (mask,) = masks
+        cpus.append(mask)
+    return len(pids) > 1 and all(len(m) == 1 for m in cpus) and len(set(cpus)) == len(cpus)
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident set size summed over the processes (shared pages counted in each)."""
     total = 0

@@ -29,7 +29,13 @@ from bench.csrs import pump_csrs
 from bench.lab import USER, Lab, Server, make_lab
 from bench.limits import handshake_limit, signing_limit
 from bench.loadgen import MODES, LoadResult, LoadSpec, Mode, Target, run_load
-from bench.procstat import cpu_seconds, machine_ticks, process_tree, rss_bytes
+from bench.procstat import (
+    cpu_seconds,
+    machine_ticks,
+    process_tree,
+    rss_bytes,
+    workers_pinned,
+)
 from bench.profile import profile_summary
 
 ALGORITHMS = ("rsa-2048", "ec-p256")
@@ -71,6 +77,9 @@ class AlgorithmRun:
     signing_limit: float
     handshake_limit: float
     workers: int
+    # Every worker (all its threads) on one CPU, each a different one: server.cpu_affinity
+    # as the kernel applied it, read back from the workers.
+    pinned: bool = False
     rows: list[Row] = field(default_factory=list)
 
 
@@ -109,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_text = ""
     try:
         for algorithm in algorithms if modes else []:
-            lab = make_lab(
-                folder / algorithm, algorithm, workers=args.workers, thread_pool=args.thread_pool
-            )
+            lab = _lab(folder / algorithm, algorithm, args)
             run = _measure_algorithm(
                 lab,
                 args=args,
@@ -124,18 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(run)
             _print_run(out, run, duration)
         if args.soak:
-            lab = make_lab(
-                folder / "soak", ALGORITHMS[0], workers=args.workers, thread_pool=args.thread_pool
-            )
+            lab = _lab(folder / "soak", ALGORITHMS[0], args)
             soak = _soak(lab, args, csrs)
             _print_soak(out, soak)
         if args.profile:
-            lab = make_lab(
-                folder / "profile",
-                ALGORITHMS[0],
-                workers=args.workers,
-                thread_pool=args.thread_pool,
-            )
+            lab = _lab(folder / "profile", ALGORITHMS[0], args)
             profile_text = _profile(lab, args, csrs)
             print(profile_text, file=out)
         failures = _print_targets(out, runs, soak)
@@ -154,6 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failures and args.check_targets else 0
 
 
+def _lab(folder: Path, algorithm: str, args: argparse.Namespace) -> Lab:
+    return make_lab(
+        folder,
+        algorithm,
+        workers=args.workers,
+        thread_pool=args.thread_pool,
+        cpu_affinity=args.cpu_affinity,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -166,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES), help="keepalive,newconn,password")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="rsa-2048,ec-p256")
     p.add_argument("--workers", type=int, default=0, help="server.workers (0: one per core)")
+    p.add_argument(
+        "--cpu-affinity",
+        choices=("auto", "off"),
+        default="auto",
+        help="server.cpu_affinity (auto: each worker on a core of its own)",
+    )
     p.add_argument(
         "--thread-pool", type=int, default=0, help="server.thread_pool per worker (0: default)"
     )
@@ -213,7 +229,13 @@ def _measure_algorithm(
     server = Server(lab)
     try:
         pids = process_tree(server.pid)
-        run = AlgorithmRun(lab.key_algorithm, signing, handshakes, workers=len(pids) - 1 or 1)
+        run = AlgorithmRun(
+            lab.key_algorithm,
+            signing,
+            handshakes,
+            workers=len(pids) - 1 or 1,
+            pinned=workers_pinned(pids[1:]),
+        )
         target = _target(lab, server)
         for mode in modes:
             for conc in concurrency:
@@ -366,7 +388,8 @@ def _print_machine(out: Any, cores: int, args: argparse.Namespace) -> None:
 
 def _print_run(out: Any, run: AlgorithmRun, duration: float) -> None:
     print(
-        f"\n## CA {run.algorithm}: {run.workers} appliance worker(s); machine limits: "
+        f"\n## CA {run.algorithm}: {run.workers} appliance worker(s)"
+        f"{', each on a core of its own' if run.pinned else ''}; machine limits: "
         f"CA signing {run.signing_limit:,.0f}/s on all cores (pyca/cryptography), "
         f"openssl s_server {run.handshake_limit:,.0f} full handshakes/s (client cert)\n",
         file=out,
@@ -486,6 +509,7 @@ def _write_json(
                 "signing_limit": run.signing_limit,
                 "handshake_limit": run.handshake_limit,
                 "workers": run.workers,
+                "workers_pinned": run.pinned,
                 "rows": [dataclasses.asdict(row) | {"ratio": row.ratio} for row in run.rows],
             }
             for run in runs

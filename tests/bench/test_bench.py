@@ -34,6 +34,7 @@ def test_quick_benchmark_runs_and_reports_every_row(tmp_path: Path) -> None:
         assert run["signing_limit"] > 0
         assert run["handshake_limit"] > 0
         assert run["workers"] == 2 or data["cores"] == 1
+        assert run["workers_pinned"] == (data["cores"] >= 2)  # server.cpu_affinity: auto
         modes = {(row["mode"], row["concurrency"]) for row in run["rows"]}
         assert modes == {(m, c) for m in ("keepalive", "newconn", "password") for c in (1, 8)}
         for row in run["rows"]:

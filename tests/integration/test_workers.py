@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -14,6 +15,7 @@ import pytest
 
 from appliance.config import parse_config
 from appliance.errors import ConfigError
+from appliance.workers import worker_cpu
 from bench.csrs import pump_csrs
 from bench.loadgen import LoadSpec, Target, exchange, run_load
 from bench.procstat import process_tree
@@ -135,6 +137,36 @@ def test_new_connections_go_to_the_least_loaded_worker(running: RunningAppliance
             sock.close()
 
 
+def _cpus_of_threads(pid: int) -> set[frozenset[int]]:
+    """The CPU masks of every thread of `pid` (cheroot's pool included)."""
+    return {
+        frozenset(os.sched_getaffinity(int(thread))) for thread in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+def _needs_two_cpus() -> list[int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("pinning two workers needs two CPUs; this process may use one")
+    return cpus
+
+
+def test_each_worker_and_all_its_threads_stay_on_a_core_of_their_own(
+    running: RunningAppliance,
+) -> None:
+    cpus = _needs_two_cpus()
+    # Serve some requests first, so that the pool threads exist and are checked too.
+    run_load(_target(running), LoadSpec("keepalive", 4, 1, duration=0.5), pump_csrs(16, keys=2))
+    masks = [_cpus_of_threads(pid) for pid in process_tree(running.process.pid)[1:]]
+    assert all(len(thread_masks) == 1 for thread_masks in masks), masks  # every thread alike
+    assert sorted(next(iter(thread_masks)) for thread_masks in masks) == [
+        frozenset({cpus[0]}),
+        frozenset({cpus[1]}),
+    ]
+    pinned = re.findall(r"event=worker_pinned worker=(\d+) cpu=(\d+)", running.log_text())
+    assert sorted(pinned)[:2] == [("0", str(cpus[0])), ("1", str(cpus[1]))]
+
+
 def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
     running: RunningAppliance,
 ) -> None:
@@ -151,6 +183,10 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
         raise AssertionError(f"worker not replaced: {process_tree(supervisor)}")
     assert "event=worker_exited worker=" in running.log_text()
     running.assert_alive()
+    if len(os.sched_getaffinity(0)) >= 2:  # the successor takes its predecessor's core
+        masks = [_cpus_of_threads(pid) for pid in process_tree(supervisor)[1:]]
+        assert len({mask for thread_masks in masks for mask in thread_masks}) == 2
+        assert all(len(thread_masks) == 1 for thread_masks in masks)
 
 
 def test_workers_die_with_a_killed_supervisor(tmp_path: Path, workers_lab: Lab) -> None:
@@ -167,6 +203,40 @@ def test_workers_die_with_a_killed_supervisor(tmp_path: Path, workers_lab: Lab) 
         ["--cacert", str(workers_lab.ca_cert), appliance.url("cacerts")], timeout=5
     )
     assert status == 0, headers
+
+
+def test_cpu_affinity_off_leaves_the_workers_to_the_scheduler(tmp_path: Path) -> None:
+    cpus = _needs_two_cpus()
+    lab = make_lab(tmp_path, {"server": {"workers": 2, "cpu_affinity": "off"}})
+    appliance = start_appliance(lab)
+    try:
+        for pid in process_tree(appliance.process.pid)[1:]:
+            assert _cpus_of_threads(pid) == {frozenset(cpus)}
+        assert "event=worker_pinned" not in appliance.log_text()
+    finally:
+        appliance.stop()
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "cpus", "setting", "expected"),
+    [
+        (0, 2, [0, 1], "auto", 0),
+        (1, 2, [0, 1], "auto", 1),
+        (1, 2, [2, 5, 7], "auto", 5),  # the allowed set (taskset, CPUAffinity=), in order
+        (0, 1, [0, 1], "auto", None),  # one process keeps every core for its handshakes
+        (3, 4, [0, 1], "auto", None),  # more workers than cores: let the kernel balance
+        (0, 2, [0, 1], "off", None),
+    ],
+)
+def test_which_cpu_a_worker_is_kept_on(
+    index: int, count: int, cpus: list[int], setting: str, expected: int | None
+) -> None:
+    assert worker_cpu(index, count, cpus, setting) == expected
+
+
+def test_cpu_affinity_setting_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.cpu_affinity: must be one of auto, off"):
+        parse_config({"server": {"cpu_affinity": "on"}}, base_dir=tmp_path)
 
 
 @pytest.mark.parametrize(("value", "ok"), [(0, True), (2, True), (-1, False), (65, False)])
