@@ -11,7 +11,10 @@ its own SAVEPOINT (so one failing write, such as a duplicate serial, rolls back 
 once, and wakes the others. Writes that arrive meanwhile form the next batch, led by the first
 of them. A caller returns only after the commit that holds its write, so "recorded before the
 answer leaves" still holds. Between worker processes a blocking flock on a side file hands the
-writer role over directly instead of through SQLite's sleeping retries.
+writer role over directly instead of through SQLite's sleeping retries. With `make_durable`
+the disk flush happens after the flock is released, so another worker's next batch is written
+while this one reaches the disk. (Handing this worker's leadership on before the flush as well
+measured slower: smaller batches, more commits.)
 """
 
 from __future__ import annotations
@@ -40,9 +43,18 @@ class _Job(Generic[T]):
 
 
 class GroupCommit:
-    def __init__(self, lock_path: Path, unavailable: Callable[[], Exception]) -> None:
+    def __init__(
+        self,
+        lock_path: Path,
+        unavailable: Callable[[], Exception],
+        *,
+        make_durable: Callable[[], None] | None = None,
+    ) -> None:
         self._lock_path = lock_path
         self._unavailable = unavailable
+        # Called after the commit, once another process's writer may already begin; the batch
+        # is told its outcome only when it returns (the WAL fsync of SqliteLedger: see there).
+        self._make_durable = make_durable
         self._mutex = threading.Lock()
         self._pending: list[_Job[object]] = []
         self._busy = False
@@ -69,10 +81,10 @@ class GroupCommit:
             batch, self._pending = self._pending, []
         try:
             self._commit(conn, batch)
+            if self._make_durable is not None:
+                self._make_durable()
         except BaseException as exc:
-            for job in batch:
-                if job.error is None:
-                    job.error = exc
+            self._fail(batch, exc)
         finally:
             with self._mutex:
                 if self._pending:
@@ -84,6 +96,12 @@ class GroupCommit:
             for job in batch:
                 job.lead = False
                 job.wake.set()
+
+    @staticmethod
+    def _fail(batch: list[_Job[object]], exc: BaseException) -> None:
+        for job in batch:
+            if job.error is None:
+                job.error = exc
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[object]]) -> None:
         with self._between_processes():

@@ -439,8 +439,18 @@ _SELECT_APPROVAL = f"SELECT {_APPROVAL_COLUMNS} FROM approvals"  # noqa: S608 - 
 
 
 class SqliteLedger:
-    """SQLite in WAL mode, one connection per thread, synchronous=FULL: a commit that returned
-    survives a crash of the process or of the machine."""
+    """SQLite in WAL mode, one connection per thread: a write that returned survives a crash
+    of the process or of the machine.
+
+    Administrative writes (revocations, approvals, CRL numbers) commit with synchronous=FULL:
+    SQLite fsyncs the WAL inside the transaction. Issuance records, the hot path, commit in
+    groups with synchronous=NORMAL while the write lock is held, and the WAL is fsynced right
+    after it is released, before any caller of the batch returns (`_flush_wal`). Holding the
+    lock through the fsync made the other worker wait for this one's disk flush, and with each
+    worker on a core of its own that core then idled (docs/PERFORMANCE.md). The WAL is
+    append-only and an fsync covers the whole file, so a later writer's flush also covers
+    every earlier commit; SQLite itself fsyncs the WAL before a checkpoint copies it.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -448,7 +458,11 @@ class SqliteLedger:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._group = GroupCommit(path.with_name(path.name + ".write-lock"), _unavailable)
+        self._wal = path.with_name(path.name + "-wal")
+        self._wal_folder_flushed = False
+        self._group = GroupCommit(
+            path.with_name(path.name + ".write-lock"), _unavailable, make_durable=self._flush_wal
+        )
         self._crl_mutex = threading.Lock()
         self._migrate(self._connection())
 
@@ -466,9 +480,36 @@ class SqliteLedger:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
+            self._local.synchronous = "FULL"
             with self._lock:
                 self._connections.append(conn)
         return conn
+
+    def _synchronous(self, conn: sqlite3.Connection, level: str) -> None:
+        """Set the connection's flush level (kept per thread; changed only when it differs)."""
+        if self._local.synchronous != level:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._local.synchronous = level
+
+    def _flush_wal(self) -> None:
+        """fsync the WAL after a group commit, as synchronous=FULL would have inside it."""
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not self._wal_folder_flushed:
+                # Once per process: the WAL's directory entry, in case SQLite created the file
+                # since it last synced the folder.
+                folder = os.open(self._path.parent, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+                self._wal_folder_flushed = True
+        except OSError as exc:
+            raise _unavailable() from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -521,12 +562,15 @@ class SqliteLedger:
             retire_certificates(conn, record, retiring, retire_as)
             link_approval(conn, record, approval_id)
 
-        # Enrollments arrive by the hundred per second: commit them in groups (group_commit.py).
+        # Enrollments arrive by the hundred per second: commit them in groups (group_commit.py),
+        # flushed to disk after the write lock is released (class docstring).
+        self._synchronous(conn, "NORMAL")
         self._group.run(conn, insert)
 
     @contextlib.contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
         """One write transaction; a busy or broken database is a 503 the client may retry."""
+        self._synchronous(conn, "FULL")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

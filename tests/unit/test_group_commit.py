@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -99,3 +101,51 @@ def test_a_locked_database_is_reported_as_unavailable(tmp_path: Path) -> None:
     holder.execute("ROLLBACK")
     group.run(conn, lambda c: c.execute("INSERT INTO t VALUES (1)"))  # and recovers
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
+
+
+def test_one_flush_per_batch_after_the_lock_and_before_anyone_returns(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    _db(db).execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    lock_path = tmp_path / "t.lock"
+    flushes: list[tuple[int, bool]] = []  # (rows committed, lock free) at each flush
+    returned: list[int] = []
+
+    def make_durable() -> None:
+        probe = os.open(lock_path, os.O_RDWR)
+        try:  # another process could take the write lock now
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(probe)
+        flushes.append((_db(db).execute("SELECT COUNT(*) FROM t").fetchone()[0], free))
+        assert not returned, "a caller returned before its batch was flushed"
+
+    group = GroupCommit(lock_path, Busy, make_durable=make_durable)
+    gate, entered = threading.Event(), threading.Event()
+
+    def first(c: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+        c.execute("INSERT INTO t VALUES (0)")
+
+    def submit(k: int) -> None:
+        group.run(_db(db), lambda c: c.execute("INSERT INTO t VALUES (?)", (k,)))
+        returned.append(k)
+
+    leader = threading.Thread(target=lambda: group.run(_db(db), first))
+    leader.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=submit, args=(k,)) for k in (1, 2, 3)]
+    for t in others:
+        t.start()
+    while len(group._pending) < 3:
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in [leader, *others]:
+        t.join()
+    # Two batches (the leader alone, then the three that queued behind it), one flush each,
+    # each after its commit and with the write lock already released.
+    assert flushes == [(1, True), (4, True)]
+    assert sorted(returned) == [1, 2, 3]
