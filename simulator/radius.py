@@ -7,8 +7,9 @@ the lab needs:
   /etc), logs and pid file stay in the folder, no switch to the `freerad` user (so files in a
   private temp folder stay readable), and `reject_delay = 0` (else every rejection costs 1 s).
 - the `eap` module: EAP-TLS only, our server certificate, `ca_file` = the EST CA and nothing
-  else — no `ca_path` (it trusts everything in raddb/certs) and never the system bundle — and
-  `check_cert_cn = %{User-Name}`, so a pump can only authenticate as the CN in its certificate.
+  else — no `ca_path` with certificates in it (raddb/certs would trust everything there) and
+  never the system bundle — and `check_cert_cn = %{User-Name}`, so a pump can only
+  authenticate as the CN in its certificate.
 - one virtual server listening on 127.0.0.1 and a freshly probed free UDP port (not `-i/-p`:
   such listeners are not tied to a virtual server and reject everything), and one client,
   127.0.0.1, with a random secret.
@@ -21,8 +22,13 @@ error 20 : unable to get local issuer certificate", "Certificate CN (...) does n
 specified value (...)", "certificate revoked"), so `reason_since` explains rejections in both.
 Both print "Ready to process requests" when ready.
 
-`crl_files` turns on `check_crl = yes`; FreeRADIUS then needs a CRL for every trusted CA and
-reads them at start, so a new CRL means `set_crl_files(...)` and `restart()` (about 60 ms).
+`crl_files` turns on `check_crl = yes`; FreeRADIUS then needs a CRL for every trusted CA.
+It reads them at start, so a new CRL means `set_crl_files(...)` and `restart()` (about 60 ms),
+unless `crl_reload_seconds` is set: then `ca_path_reload_interval` makes FreeRADIUS re-read
+its trust file that often (checked when an EAP-TLS session starts), and `reload_crl_files(...)`
+rewrites the file in place with no restart, as the Ansible radius role does on a real host.
+FreeRADIUS 3.2 re-reads only when `ca_path` is set (here an empty folder: trust still comes from
+`ca_file` alone) and raises any interval below 300 s to 300 s.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class RadiusError(RuntimeError):
     """FreeRADIUS is missing, its configuration is wrong, or it did not start."""
 
 
+# FreeRADIUS 3.2 resets a lower ca_path_reload_interval to this.
+MIN_CRL_RELOAD_SECONDS = 300
+
+
 def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
@@ -96,9 +106,17 @@ class RadiusServer:
         startup_timeout: float = 20.0,
         debug: bool = True,
         threads: int = 5,
+        crl_reload_seconds: int = 0,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be at least 1")
+        if crl_reload_seconds and crl_reload_seconds < MIN_CRL_RELOAD_SECONDS:
+            # FreeRADIUS would raise it to 300 without a word: say so here instead.
+            raise ValueError(
+                f"crl_reload_seconds must be 0 (restart for a new CRL) or at least "
+                f"{MIN_CRL_RELOAD_SECONDS} (FreeRADIUS's floor)"
+            )
+        self.crl_reload_seconds = crl_reload_seconds
         self.ca_file = Path(ca_file).resolve()
         self.folder = Path(folder).resolve()
         self.host = host
@@ -187,6 +205,18 @@ class RadiusServer:
     def set_crl_files(self, crl_files: Sequence[Path]) -> None:
         """CRLs to check client certificates against; takes effect at the next (re)start."""
         self.crl_files = tuple(Path(p).resolve() for p in crl_files)
+
+    def reload_crl_files(self, crl_files: Sequence[Path]) -> None:
+        """Replace the CRLs of a running server without a restart: FreeRADIUS uses them from
+        the first EAP-TLS session that starts `crl_reload_seconds` after its last re-read."""
+        if not self.crl_reload_seconds or not self.crl_files:
+            raise RadiusError(
+                "reloading CRLs needs crl_reload_seconds and CRL checking from the start"
+            )
+        if not crl_files:
+            raise RadiusError("check_crl stays on: give at least one CRL")
+        self.crl_files = tuple(Path(p).resolve() for p in crl_files)
+        self._write_trusted()
 
     def log_text(self) -> str:
         try:
@@ -277,14 +307,7 @@ class RadiusServer:
         )
         write_file(self.raddb / "clients.conf", _clients_conf(self.host, self.secret), 0o600)
 
-        # Trusted client CAs, plus a CRL for each when revocation is checked: FreeRADIUS
-        # (OpenSSL X509_V_FLAG_CRL_CHECK) rejects every client whose CA has no CRL.
-        bundle = self.ca_file.read_bytes()
-        for crl in self.crl_files:
-            bundle += b"\n" + _crl_pem(crl)
-        trusted = self.raddb / "certs" / "trusted-ca.pem"
-        write_file(trusted, bundle)
-
+        trusted = self._write_trusted()
         eap = self.raddb / "mods-enabled" / "eap"
         eap.unlink(missing_ok=True)
         eap.write_text(
@@ -294,6 +317,8 @@ class RadiusServer:
                 ca_file=trusted,
                 check_crl=bool(self.crl_files),
                 tls_max_version=self.tls_max_version,
+                reload_seconds=self.crl_reload_seconds if self.crl_files else 0,
+                empty_ca_path=self._empty_ca_path(),
             ),
             encoding="utf-8",
         )
@@ -302,6 +327,24 @@ class RadiusServer:
             # The stock sites listen on 0.0.0.0:1812 and inner-tunnel on 127.0.0.1:18120.
             entry.unlink()
         (sites / "eap-tls").write_text(_site(self.host, self.port), encoding="utf-8")
+
+    def _empty_ca_path(self) -> Path:
+        folder = self.raddb / "certs" / "reload-only"
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()):  # whatever lies here would be trusted
+            raise RadiusError(f"{folder} must stay empty")
+        return folder
+
+    def _write_trusted(self) -> Path:
+        """The trusted client CAs, plus a CRL for each when revocation is checked (FreeRADIUS,
+        with OpenSSL's X509_V_FLAG_CRL_CHECK, rejects every client whose CA has no CRL).
+        Replaced by a rename, so a re-read never sees half a file."""
+        bundle = self.ca_file.read_bytes()
+        for crl in self.crl_files:
+            bundle += b"\n" + _crl_pem(crl)
+        trusted = self.raddb / "certs" / "trusted-ca.pem"
+        write_file(trusted, bundle)
+        return trusted
 
     def _launch(self) -> tuple[bool, str]:
         self.log_file.write_bytes(b"")  # an old "Ready" line must not fool the wait
@@ -375,7 +418,16 @@ def _eap_module(
     ca_file: Path,
     check_crl: bool,
     tls_max_version: str,
+    reload_seconds: int = 0,
+    empty_ca_path: Path | None = None,
 ) -> str:
+    # FreeRADIUS rebuilds its whole X509 store, ca_file included, at this interval, but only
+    # with a ca_path; an empty one adds no trust.
+    reload = (
+        f"\n\t\tca_path = {empty_ca_path}\n\t\tca_path_reload_interval = {reload_seconds}"
+        if reload_seconds and empty_ca_path is not None
+        else ""
+    )
     return f"""# EAP-TLS only, written by simulator.radius.
 eap {{
 	default_eap_type = tls
@@ -386,10 +438,10 @@ eap {{
 	tls-config tls-common {{
 		private_key_file = {server_key}
 		certificate_file = {server_cert}
-		# The EST CA only. No ca_path (it would trust everything in raddb/certs) and never
-		# the system bundle: a certificate from any public CA must not join the Wi-Fi.
+		# The EST CA only. No ca_path with certificates in it (raddb/certs would trust them
+		# all) and never the system bundle: a certificate from any public CA must not join.
 		ca_file = {ca_file}
-		check_crl = {"yes" if check_crl else "no"}
+		check_crl = {"yes" if check_crl else "no"}{reload}
 		# A pump may only authenticate as the CN its certificate was issued to.
 		check_cert_cn = %{{User-Name}}
 		cipher_list = "DEFAULT"

@@ -63,11 +63,30 @@ def test_with_a_crl_url_freeradius_checks_the_ca_and_crl_bundle(tmp_path: Path) 
     assert "allow_expired_crl = yes" in (tmp_path / "relaxed" / "eap").read_text()
 
 
+def test_a_new_crl_is_reread_without_a_restart_unless_told_to_restart(tmp_path: Path) -> None:
+    """The default: FreeRADIUS re-reads ca_file every 300 s (which needs a ca_path, kept
+    empty) and the refresher never restarts it. radius_crl_reload_seconds: 0 restores the
+    restart. tests/e2e/test_radius.py proves the re-read on the same FreeRADIUS."""
+    url = {"radius_crl_url": "https://est.example:8445/crl"}
+    run = _render(tmp_path / "reload", url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    eap = (tmp_path / "reload" / "eap").read_text()
+    assert "ca_path = ${certdir}/est/reload-only" in eap
+    assert "ca_path_reload_interval = 300" in eap
+    assert "systemctl try-restart" not in (tmp_path / "reload" / REFRESHER).read_text()
+    run = _render(tmp_path / "restart", {**url, "radius_crl_reload_seconds": 0})
+    assert run.returncode == 0, run.stdout + run.stderr
+    eap = (tmp_path / "restart" / "eap").read_text()
+    assert "ca_path =" not in eap and "ca_path_reload_interval" not in eap
+    assert 'systemctl try-restart "$service"' in (tmp_path / "restart" / REFRESHER).read_text()
+
+
 @pytest.mark.parametrize(
     "extra",
     [
         {"radius_crl_url": "http://est.example:8445/crl"},
         {"radius_crl_url": "https://est.example:8445/crl", "radius_crl_refresh_minutes": 0},
+        {"radius_crl_url": "https://est.example:8445/crl", "radius_crl_reload_seconds": 60},
     ],
 )
 def test_the_role_refuses_a_plain_http_crl_url_or_no_refresh(

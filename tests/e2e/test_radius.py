@@ -6,6 +6,8 @@ threaded with errors-only logging (fleet runs), where the log must still explain
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from simulator.eapol import authenticate
 from simulator.gateway import Approach, Gateway
 from simulator.pki import CaFiles, create_ca, issue_client_certificate
 from simulator.pump import Pump
-from simulator.radius import RadiusServer
+from simulator.radius import MIN_CRL_RELOAD_SECONDS, RadiusServer
 from tests.support import RunningAppliance
 
 pytestmark = pytest.mark.e2e
@@ -108,3 +110,54 @@ def test_radius_server_accepts_ours_rejects_strangers_and_checks_crls(
         assert not verdict.accepted
         assert "revoked" in verdict.reason
     assert not radius.running
+
+
+def _freeradius_at_100x(folder: Path) -> str:
+    """FreeRADIUS under libfaketime, its clock 100x fast: its 300 s CRL re-read interval (the
+    floor FreeRADIUS allows) passes in 3 s. eapol_test, the appliance and the CRLs keep real
+    time."""
+    assert shutil.which("faketime"), "faketime (Debian package) is missing: scripts/setup.sh"
+    wrapper = folder / "freeradius-100x"
+    wrapper.write_text('#!/bin/sh\nexec faketime -f "+0 x100" freeradius "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug-X", "threaded"])
+def test_a_new_crl_takes_effect_without_a_restart(
+    appliance: RunningAppliance, out: Path, debug: bool
+) -> None:
+    """crl_reload_seconds (FreeRADIUS's ca_path_reload_interval): the same server process
+    rejects a pump once the file it trusts carries a CRL that revokes it, and not before the
+    interval has passed."""
+    lab = appliance.lab
+    tag = "X" if debug else "T"
+    good = enrolled_pump(appliance, f"NPPRLD{tag}1", out)
+    revoked = enrolled_pump(appliance, f"NPPRLD{tag}2", out)
+    ca = CaFiles(lab.ca_cert, lab.certs / "ca-key.pem")
+    assert revoked.certificate is not None
+    nobody_revoked = write_crl(ca, [], out / f"empty-{tag}.crl")
+    with RadiusServer(
+        lab.ca_cert,
+        out / f"radius-reload-{tag}",
+        debug=debug,
+        crl_files=[nobody_revoked],
+        crl_reload_seconds=MIN_CRL_RELOAD_SECONDS,
+        executable=_freeradius_at_100x(out),
+    ) as radius:
+        pid = radius.pid
+        assert authenticate(revoked, radius).accepted
+        radius.reload_crl_files([write_crl(ca, [revoked.certificate], out / f"rev-{tag}.crl")])
+        # Within the interval the server still uses what it read at start.
+        assert authenticate(revoked, radius).accepted
+        time.sleep(MIN_CRL_RELOAD_SECONDS / 100 + 0.5)  # 350 s on FreeRADIUS's clock
+        verdict = authenticate(revoked, radius, explain=True)
+        assert not verdict.accepted
+        assert "revoked" in verdict.reason
+        assert authenticate(good, radius).accepted
+        assert radius.pid == pid  # the same process: no restart
+
+
+def test_a_crl_reload_interval_below_freeradius_floor_is_refused(out: Path) -> None:
+    with pytest.raises(ValueError, match="at least 300"):
+        RadiusServer(Path("ca.pem"), out, crl_reload_seconds=60)
