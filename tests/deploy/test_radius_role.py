@@ -67,7 +67,7 @@ def test_a_new_crl_is_reread_without_a_restart_unless_told_to_restart(tmp_path: 
     """The default: FreeRADIUS re-reads ca_file every 300 s (which needs a ca_path, kept
     empty) and the refresher never restarts it. radius_crl_reload_seconds: 0 restores the
     restart. tests/e2e/test_radius.py proves the re-read on the same FreeRADIUS."""
-    url = {"radius_crl_url": "https://est.example:8445/crl"}
+    url: dict[str, object] = {"radius_crl_url": "https://est.example:8445/crl"}
     run = _render(tmp_path / "reload", url)
     assert run.returncode == 0, run.stdout + run.stderr
     eap = (tmp_path / "reload" / "eap").read_text()
