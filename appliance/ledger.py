@@ -458,7 +458,9 @@ class SqliteLedger:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._wal = path.with_name(path.name + "-wal")
+        # SQLite keeps the WAL beside the file a symlinked ledger path points to.
+        real = Path(os.path.realpath(path))
+        self._wal = real.with_name(real.name + "-wal")
         self._wal_folder_flushed = False
         self._group = GroupCommit(
             path.with_name(path.name + ".write-lock"), _unavailable, make_durable=self._flush_wal
@@ -502,7 +504,7 @@ class SqliteLedger:
             if not self._wal_folder_flushed:
                 # Once per process: the WAL's directory entry, in case SQLite created the file
                 # since it last synced the folder.
-                folder = os.open(self._path.parent, os.O_RDONLY | os.O_CLOEXEC)
+                folder = os.open(self._wal.parent, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     os.fsync(folder)
                 finally:

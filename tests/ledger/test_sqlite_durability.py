@@ -88,3 +88,24 @@ def test_administrative_writes_keep_sqlite_flushing_inside_the_transaction(
     assert level == 2  # FULL
     other = sqlite3.connect(tmp_path / "ledger.db")
     assert other.execute("SELECT status FROM certificates").fetchall() == [("revoked",)]
+
+
+def test_a_symlinked_ledger_is_flushed_where_sqlite_keeps_its_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite puts the WAL beside the symlink's target (a ledger on a data volume)."""
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "etc").mkdir()
+    target = tmp_path / "volume" / "ledger.db"
+    upgrade_ledger(LedgerConfig(path=target))
+    link = tmp_path / "etc" / "ledger.db"
+    link.symlink_to(target)
+    ledger = SqliteLedger(link)
+    events: list[str] = []
+    _watch(monkeypatch, events)
+    written = record()
+    ledger.record_issuance(written)
+    assert "fsync ledger.db-wal" in events
+    assert (tmp_path / "volume" / "ledger.db-wal").exists()
+    assert not (tmp_path / "etc" / "ledger.db-wal").exists()
+    assert ledger.find(written.serial) == written
