@@ -6,6 +6,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,31 @@ def _db(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     return conn
+
+
+def _one_batch_behind_a_leader(
+    group: GroupCommit, db: Path, leader_key: int, submit: Callable[[int], None], keys: list[int]
+) -> None:
+    """A leader inserts `leader_key` but holds its leadership until every `submit(key)` thread
+    has queued behind it, so that those form exactly one batch; returns when all are done."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def first(c: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+        c.execute("INSERT INTO t VALUES (?)", (leader_key,))
+
+    leader = threading.Thread(target=lambda: group.run(_db(db), first))
+    leader.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=submit, args=(k,)) for k in keys]
+    for t in others:
+        t.start()
+    while len(group._pending) < len(keys):
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in [leader, *others]:
+        t.join()
 
 
 def test_every_write_is_visible_to_another_connection_when_run_returns(tmp_path: Path) -> None:
@@ -56,14 +82,7 @@ def test_a_failing_write_rolls_back_alone_within_its_batch(tmp_path: Path) -> No
     conn0.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
     conn0.execute("INSERT INTO t VALUES (1)")
     group = GroupCommit(tmp_path / "t.lock", Busy)
-    gate = threading.Event()
-    entered = threading.Event()
     results: dict[int, str] = {}
-
-    def first(c: sqlite3.Connection) -> None:
-        entered.set()
-        gate.wait(10)  # holds the leadership so the others queue into one batch
-        c.execute("INSERT INTO t VALUES (100)")
 
     def submit(k: int) -> None:
         try:
@@ -72,18 +91,7 @@ def test_a_failing_write_rolls_back_alone_within_its_batch(tmp_path: Path) -> No
         except sqlite3.IntegrityError:
             results[k] = "duplicate"
 
-    leader = threading.Thread(target=lambda: group.run(_db(db), first))
-    leader.start()
-    assert entered.wait(10)
-    others = [threading.Thread(target=submit, args=(k,)) for k in (2, 1, 3)]
-    for t in others:
-        t.start()
-    while len(group._pending) < 3:  # all three queued behind the leader: one batch
-        threading.Event().wait(0.01)
-    gate.set()
-    leader.join()
-    for t in others:
-        t.join()
+    _one_batch_behind_a_leader(group, db, 100, submit, [2, 1, 3])
     assert results == {2: "ok", 1: "duplicate", 3: "ok"}
     rows = {k for (k,) in conn0.execute("SELECT k FROM t")}
     assert rows == {1, 2, 3, 100}
@@ -123,28 +131,12 @@ def test_one_flush_per_batch_after_the_lock_and_before_anyone_returns(tmp_path: 
         assert not returned, "a caller returned before its batch was flushed"
 
     group = GroupCommit(lock_path, Busy, make_durable=make_durable)
-    gate, entered = threading.Event(), threading.Event()
-
-    def first(c: sqlite3.Connection) -> None:
-        entered.set()
-        gate.wait(10)
-        c.execute("INSERT INTO t VALUES (0)")
 
     def submit(k: int) -> None:
         group.run(_db(db), lambda c: c.execute("INSERT INTO t VALUES (?)", (k,)))
         returned.append(k)
 
-    leader = threading.Thread(target=lambda: group.run(_db(db), first))
-    leader.start()
-    assert entered.wait(10)
-    others = [threading.Thread(target=submit, args=(k,)) for k in (1, 2, 3)]
-    for t in others:
-        t.start()
-    while len(group._pending) < 3:
-        threading.Event().wait(0.01)
-    gate.set()
-    for t in [leader, *others]:
-        t.join()
+    _one_batch_behind_a_leader(group, db, 0, submit, [1, 2, 3])
     # Two batches (the leader alone, then the three that queued behind it), one flush each,
     # each after its commit and with the write lock already released.
     assert flushes == [(1, True), (4, True)]
