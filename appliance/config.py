@@ -57,7 +57,7 @@ class ServerConfig:
     workers: int = 1
     # With 2 or more workers and no more workers than CPUs: `auto` keeps worker i on the i-th
     # CPU the appliance may use, so a worker's threads hand the GIL to each other on one core
-    # instead of chasing it across cores (+15 % keep-alive enrollments on 2 cores,
+    # instead of chasing it across cores (8-15 % more keep-alive enrollments on 2 cores,
     # docs/PERFORMANCE.md). `off` lets the kernel move them; choose it on a host whose cores
     # are busy with other services.
     cpu_affinity: Literal["auto", "off"] = "auto"
