@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import __version__
-from appliance.backup_postgres import PostgresBackupError, dump, load
 from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.pem_files import check_private_key_mode
@@ -54,6 +53,8 @@ def backup(config: Config, folder: Path, now: dt.datetime) -> BackupSummary:
     files: dict[str, dict[str, object]] = {}
 
     if config.ledger.dsn:
+        from appliance.backup_postgres import PostgresBackupError, dump  # noqa: PLC0415 - psycopg only when used
+
         try:
             dumped = dump(config.ledger.dsn, folder / LEDGER_DUMP)
         except PostgresBackupError as exc:
@@ -133,6 +134,8 @@ def _check_target(
 
 
 def _restore_postgres(dsn: str, archive: Path, expected: int, *, force: bool) -> None:
+    from appliance.backup_postgres import PostgresBackupError, load  # noqa: PLC0415 - psycopg only when used
+
     try:
         certificates = load(dsn, archive, force=force)
     except PostgresBackupError as exc:

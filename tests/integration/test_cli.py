@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,13 @@ def test_list_prints_issued_certificates(tmp_path: Path, work: Path) -> None:
     assert header.split()[:3] == ["SERIAL", "SUBJECT", "SANS"]
     assert "CN=NPPLIST1" in row and "password" not in row and "iqe-gateway" in row
     assert "bootstrap" in row
+
+
+def test_the_postgresql_driver_is_loaded_only_for_a_postgresql_ledger() -> None:
+    """psycopg and libpq cost every serving process about 9 MiB; a SQLite appliance (the
+    default) must not pay that through an import of the backup or ledger modules."""
+    probe = "import sys, appliance.cli, appliance.server; print('psycopg' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
