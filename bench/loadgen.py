@@ -27,6 +27,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,8 +86,18 @@ class BadAnswer(Exception):
     """The appliance answered something that is not the pump's certificate."""
 
 
-def run_load(target: Target, spec: LoadSpec, csrs: list[bytes]) -> LoadResult:
-    """Run one measurement: connect, start every thread at the same instant, collect."""
+def run_load(
+    target: Target,
+    spec: LoadSpec,
+    csrs: list[bytes],
+    *,
+    window: Callable[[], Callable[[], None]] | None = None,
+) -> LoadResult:
+    """Run one measurement: connect, start every thread at the same instant, collect.
+
+    `window()` is called when the threads start, after the load processes have started and
+    connected, and what it returns is called once the last of them is done: the caller's
+    own readings (server CPU, idle CPU) then cover the measured load and not its set-up."""
     processes = max(1, min(spec.processes, spec.concurrency))
     threads = [spec.concurrency // processes] * processes
     for i in range(spec.concurrency % processes):
@@ -115,6 +126,10 @@ def run_load(target: Target, spec: LoadSpec, csrs: list[bytes]) -> LoadResult:
         end_at = start_at + spec.duration if spec.duration is not None else None
         for pipe in pipes:
             pipe.send(("go", start_at, end_at))
+        close_window = None
+        if window is not None:
+            time.sleep(max(0.0, start_at - time.monotonic()))
+            close_window = window()
         result = LoadResult(spec=spec, elapsed=0.0, ok=0)
         finished = start_at
         for pipe in pipes:
@@ -126,6 +141,8 @@ def run_load(target: Target, spec: LoadSpec, csrs: list[bytes]) -> LoadResult:
             finished = max(finished, report["finished"])
             busy = report["cpu"] / max(1e-9, report["finished"] - start_at)
             result.client_max_core = max(result.client_max_core, busy)
+        if close_window is not None:
+            close_window()
         result.elapsed = finished - start_at
         return result
     finally:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,11 +250,17 @@ def _measure(
     target: Target, spec: LoadSpec, csrs: list[bytes], pids: list[int], run: AlgorithmRun
 ) -> Row:
     rss_before = rss_bytes(pids)
-    cpu_before = cpu_seconds(pids)
-    idle_before, ticks_before = machine_ticks()
-    result = run_load(target, spec, csrs)
-    server_cpu = cpu_seconds(pids) - cpu_before
-    idle_after, ticks_after = machine_ticks()
+    readings: list[tuple[float, tuple[int, int]]] = []
+
+    def window() -> Callable[[], None]:
+        # Only while the load runs: not the load processes starting, handshaking (keep-alive
+        # rows connect beforehand) or stopping, when the cores idle.
+        readings.append((cpu_seconds(pids), machine_ticks()))
+        return lambda: readings.append((cpu_seconds(pids), machine_ticks()))
+
+    result = run_load(target, spec, csrs, window=window)
+    (cpu_before, (idle_before, ticks_before)), (cpu_after, (idle_after, ticks_after)) = readings
+    server_cpu = cpu_after - cpu_before
     limit_name, limit = (
         ("handshakes", run.handshake_limit)
         if spec.mode == "newconn"
@@ -415,8 +421,8 @@ def _print_run(out: Any, run: AlgorithmRun, duration: float) -> None:
     print(
         f"\n({duration:g} s per row; 'of limit': keep-alive and password rows against CA "
         "signing, new-connection rows against openssl handshakes; '(!)' marks a load process "
-        f"above {LOADGEN_BUSY:.0%} of a core; 'CPU idle': share of all cores nobody used during "
-        "the row)",
+        f"above {LOADGEN_BUSY:.0%} of a core; server CPU and 'CPU idle' (share of all cores "
+        "nobody used) while the load ran, its set-up and teardown excluded)",
         file=out,
     )
 
