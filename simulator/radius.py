@@ -308,6 +308,7 @@ class RadiusServer:
         write_file(self.raddb / "clients.conf", _clients_conf(self.host, self.secret), 0o600)
 
         trusted = self._write_trusted()
+        reload_seconds = self.crl_reload_seconds if self.crl_files else 0
         eap = self.raddb / "mods-enabled" / "eap"
         eap.unlink(missing_ok=True)
         eap.write_text(
@@ -317,8 +318,8 @@ class RadiusServer:
                 ca_file=trusted,
                 check_crl=bool(self.crl_files),
                 tls_max_version=self.tls_max_version,
-                reload_seconds=self.crl_reload_seconds if self.crl_files else 0,
-                empty_ca_path=self._empty_ca_path(),
+                reload_seconds=reload_seconds,
+                empty_ca_path=self._empty_ca_path() if reload_seconds else None,
             ),
             encoding="utf-8",
         )
@@ -425,7 +426,7 @@ def _eap_module(
     # with a ca_path; an empty one adds no trust.
     reload = (
         f"\n\t\tca_path = {empty_ca_path}\n\t\tca_path_reload_interval = {reload_seconds}"
-        if reload_seconds and empty_ca_path is not None
+        if empty_ca_path is not None
         else ""
     )
     return f"""# EAP-TLS only, written by simulator.radius.
