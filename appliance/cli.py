@@ -25,6 +25,7 @@ from appliance.errors import ApplianceError
 from appliance.ledger import ApprovalState, IssuanceRecord
 from appliance.ledger_factory import describe, open_ledger, target_version, upgrade_ledger
 from appliance.ledger_transfer import export_ledger, import_ledger
+from appliance.logs import configure_logging
 from appliance.pki_init import create_pki, issue_ra
 from appliance.server import build_appliance, serve
 
@@ -133,16 +134,6 @@ def _parser() -> argparse.ArgumentParser:
     return with_lifecycle_commands(parser, command)
 
 
-def _configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Our one line per request replaces CherryPy's access log.
-    logging.getLogger("cherrypy.access").propagate = False
-
-
 def _init(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     created = create_pki(config.pki, utc_now, force=args.force, encrypt_ca_key=args.encrypt_ca_key)
@@ -167,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host is not None:
         server = dataclasses.replace(server, host=args.host)
     config = dataclasses.replace(config, server=server)
-    _configure_logging(config)
+    configure_logging(config.logging.level)
     serve(config)
     return 0
 

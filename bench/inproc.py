@@ -27,6 +27,7 @@ from typing import Any
 
 from appliance.config import load_config
 from appliance.est_wsgi import WsgiApp
+from appliance.logs import configure_logging
 from appliance.server import build_appliance, configure_cherrypy, wsgi_application
 from bench.csrs import pump_csrs
 from bench.lab import make_lab
@@ -57,11 +58,9 @@ def _measure(folder: Path, args: argparse.Namespace) -> float:
     """Best CPU seconds per enrollment over the rounds."""
     lab = make_lab(folder / args.algorithm, args.algorithm, workers=1, thread_pool=0)
     config = load_config(lab.config)
-    logging.basicConfig(
-        level=config.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        filename=str(folder / "appliance.log"),
-    )
+    # The served appliance's logging (appliance/logs.py), into a file instead of stderr.
+    log_file = (folder / "appliance.log").open("a", encoding="utf-8")
+    configure_logging(config.logging.level, log_file)
     appliance = build_appliance(config)
     configure_cherrypy(appliance)
     app = wsgi_application(appliance)
@@ -77,6 +76,7 @@ def _measure(folder: Path, args: argparse.Namespace) -> float:
         best = min(best, (time.process_time() - cpu) / len(batch))
     appliance.ledger.close()
     logging.shutdown()
+    log_file.close()
     return best
 
 
