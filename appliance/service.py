@@ -58,6 +58,20 @@ class _Plan:
     subject_policy: str = "allow"
 
 
+@dataclass(frozen=True)
+class Issued:
+    """The certificate a request gets, with what its request log line says about it."""
+
+    cert: x509.Certificate
+    serial: str  # lower-case hex, as the ledger and the log write it
+    subject: str  # RFC 4514
+    # enroll, renew, rekey or serverkeygen; "resent" when an approved request is sent again
+    # and gets the certificate issued for it before (RFC 7030 §4.2.3).
+    kind: str
+    replaces: str | None = None
+    retired: tuple[str, ...] = ()
+
+
 class EnrollmentService:
     def __init__(
         self,
@@ -98,7 +112,7 @@ class EnrollmentService:
         *,
         label: str = DEFAULT_LABEL,
         channel: Channel = NO_CHANNEL,
-    ) -> x509.Certificate:
+    ) -> Issued:
         """RFC 7030 §4.2.1 simpleenroll (and the password bootstrap)."""
         profile = self.profile(label)
         self._check(profile, csr, channel, check_key=True)
@@ -118,7 +132,7 @@ class EnrollmentService:
         current: x509.Certificate | None,
         label: str = DEFAULT_LABEL,
         channel: Channel = NO_CHANNEL,
-    ) -> x509.Certificate:
+    ) -> Issued:
         """RFC 7030 §4.2.2 simplereenroll: renew (same key) or rekey (new key) the pump's
         certificate. `current` is the pump's own TLS client certificate, or None when an RA
         asks on the pump's behalf."""
@@ -145,7 +159,7 @@ class EnrollmentService:
         *,
         label: str = DEFAULT_LABEL,
         channel: Channel = NO_CHANNEL,
-    ) -> tuple[x509.Certificate, SigningKey]:
+    ) -> tuple[Issued, SigningKey]:
         """RFC 7030 §4.4: the appliance makes the key. The CSR's own key and signature only
         prove the request came intact (§4.4.1); its key is not certified. The new private key
         is returned to the caller and neither recorded nor logged."""
@@ -186,7 +200,7 @@ class EnrollmentService:
 
     def _issued_before(
         self, profile: Profile, operation: str, csr: x509.CertificateSigningRequest
-    ) -> x509.Certificate | None:
+    ) -> Issued | None:
         """RFC 7030 §4.2.3: the same request re-sent after approval gets its certificate, also
         when the first answer was lost after issuing."""
         if not profile.settings.manual_approval:
@@ -197,7 +211,9 @@ class EnrollmentService:
         record = self._ledger.find(approval.serial)
         if record is None:  # pragma: no cover - the ledger issued and linked it together
             return None
-        return x509.load_der_x509_certificate(record.der)
+        return Issued(
+            x509.load_der_x509_certificate(record.der), record.serial, record.subject, "resent"
+        )
 
     def _renewable(
         self,
@@ -269,7 +285,7 @@ class EnrollmentService:
         request: VettedRequest,
         identity: Identity,
         plan: _Plan,
-    ) -> x509.Certificate:
+    ) -> Issued:
         approval = None
         if profile.settings.manual_approval:
             approval = self._approvals.admit(
@@ -310,15 +326,10 @@ class EnrollmentService:
                 # 159 random bits make this practically impossible; sign again rather than fail.
                 log.error("event=duplicate_serial serial=%x", cert.serial_number)
                 continue
-            log.info(
-                "event=issued kind=%s profile=%s serial=%s replaces=%s retired=%s",
-                plan.kind,
-                profile.name,
-                record.serial,
-                plan.replaces or "-",
-                ",".join(plan.retire) or "-",
+            # The request's one log line (web.py) says what was issued and what it replaced.
+            return Issued(
+                cert, record.serial, record.subject, plan.kind, plan.replaces, plan.retire
             )
-            return cert
         raise RuntimeError("could not allocate a unique certificate serial")
 
     def _record(

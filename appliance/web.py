@@ -51,7 +51,7 @@ from appliance.identity import Identity
 from appliance.policy import Channel
 from appliance.profiles import DEFAULT_LABEL, Profile
 from appliance.serverkeygen import encode_serverkeygen
-from appliance.service import EnrollmentService
+from appliance.service import EnrollmentService, Issued
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,12 @@ class RequestLog:
     method: str = "-"
     identity: str = "-"
     serial: str = "-"
+    # What an issuing request got: kind (enroll, renew, rekey, serverkeygen, resent), the CA
+    # profile, the serial it replaces and those it retired.
+    kind: str = "-"
+    profile: str = "-"
+    replaces: str = "-"
+    retired: str = "-"
     reason: str = "-"
     extra: dict[str, str] = field(default_factory=dict)
     code: str = "-"  # EstError.reason of a refusal (metrics, failure statistics)
@@ -239,10 +245,10 @@ class EstApplication:
     ) -> EncodedBody:
         identity = self._authenticate_ra(request, entry, profile)
         csr = self._read_csr(request)
-        cert = self._service.enroll(
+        issued = self._service.enroll(
             csr, identity, "simpleenroll", label=profile.label, channel=request.channel()
         )
-        return _certificate(entry, cert, profile)
+        return _certificate(entry, issued, profile)
 
     # RFC 7030 §4.2.2: the pump renews with its current certificate, or an RA on its behalf.
     def _simplereenroll(
@@ -251,10 +257,10 @@ class EstApplication:
         identity, current = self._ra_auth.authenticate_renewal(request.client_certificate_pem())
         entry.identity = str(identity)
         csr = self._read_csr(request)
-        cert = self._service.reenroll(
+        issued = self._service.reenroll(
             csr, identity, current=current, label=profile.label, channel=request.channel()
         )
-        return _certificate(entry, cert, profile)
+        return _certificate(entry, issued, profile)
 
     # RFC 7030 §4.4: the appliance generates the key for a pump that cannot.
     def _serverkeygen(
@@ -262,12 +268,11 @@ class EstApplication:
     ) -> EncodedBody:
         identity = self._authenticate_ra(request, entry, profile)
         csr = self._read_csr(request)
-        cert, key = self._service.serverkeygen(
+        issued, key = self._service.serverkeygen(
             csr, identity, label=profile.label, channel=request.channel()
         )
-        entry.serial = format(cert.serial_number, "x")
-        entry.extra["subject"] = cert.subject.rfc4514_string()
-        return encode_serverkeygen(cert, key, profile.response_format)
+        _note_issued(entry, issued, profile)
+        return encode_serverkeygen(issued.cert, key, profile.response_format)
 
     # RFC 7030 §4.5: what the CSR should contain; 204 when the profile asks for nothing.
     def _csrattrs(self, request: EstRequest, entry: RequestLog, profile: Profile) -> EncodedBody:
@@ -287,10 +292,10 @@ class EstApplication:
         identity = self._password_auth.authenticate(request.header("Authorization"), request.peer)
         entry.identity = str(identity)
         csr = self._read_csr(request)
-        cert = self._service.enroll(
+        issued = self._service.enroll(
             csr, identity, "bootstrap", label=profile.label, channel=request.channel()
         )
-        return _certificate(entry, cert, profile)
+        return _certificate(entry, issued, profile)
 
     def _authenticate_ra(
         self, request: EstRequest, entry: RequestLog, profile: Profile
@@ -324,10 +329,18 @@ class EstApplication:
         return decode_csr(request.read_body(self._max_body))
 
 
-def _certificate(entry: RequestLog, cert: x509.Certificate, profile: Profile) -> EncodedBody:
-    entry.serial = format(cert.serial_number, "x")
-    entry.extra["subject"] = cert.subject.rfc4514_string()
-    return encode_certs_only([cert], profile.response_format)
+def _certificate(entry: RequestLog, issued: Issued, profile: Profile) -> EncodedBody:
+    _note_issued(entry, issued, profile)
+    return encode_certs_only([issued.cert], profile.response_format)
+
+
+def _note_issued(entry: RequestLog, issued: Issued, profile: Profile) -> None:
+    entry.serial = issued.serial
+    entry.kind = issued.kind
+    entry.profile = profile.name
+    entry.replaces = issued.replaces or "-"
+    entry.retired = ",".join(issued.retired) or "-"
+    entry.extra["subject"] = issued.subject
 
 
 # Audit trail (audit.py): who got which certificate from where, and who was turned away.
@@ -394,7 +407,7 @@ def _respond_internal_error(request_id: str) -> EstAnswer:
 def _log_request(entry: RequestLog, status: int, started: float) -> None:
     log.info(
         "event=request id=%s peer=%s method=%s endpoint=%s identity=%s status=%s serial=%s "
-        "ms=%.1f reason=%s",
+        "kind=%s profile=%s replaces=%s retired=%s ms=%.1f reason=%s",
         entry.request_id,
         entry.peer,
         entry.method,
@@ -402,6 +415,10 @@ def _log_request(entry: RequestLog, status: int, started: float) -> None:
         entry.identity,
         status,
         entry.serial,
+        entry.kind,
+        entry.profile,
+        entry.replaces,
+        entry.retired,
         (time.perf_counter() - started) * 1000,
         _quote(entry.reason),
     )

@@ -11,6 +11,7 @@ import datetime as dt
 import email
 import email.policy
 import http.client
+import re
 import ssl
 from pathlib import Path
 
@@ -274,7 +275,13 @@ def test_reenroll_rekey_new_key_rfc7030_4_2_2(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert _spki(new) != _spki(x509.load_pem_x509_certificate(pump.pem.encode()))
-    assert "event=issued kind=rekey" in appliance.log_text()
+    # The request's log line says what it was and what it replaced.
+    old = f"{x509.load_pem_x509_certificate(pump.pem.encode()).serial_number:x}"
+    assert re.search(
+        rf"endpoint=simplereenroll .* status=200 serial={new.serial_number:x} kind=rekey "
+        rf"profile=\S+ replaces={old} retired={old} ms=",
+        appliance.log_text(),
+    )
 
 
 def test_reenroll_subject_must_match_rfc7030_4_2_2(
