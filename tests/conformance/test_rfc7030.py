@@ -710,6 +710,10 @@ def test_manual_approval_202_then_approve_rfc7030_4_2_3(
     status, _h, again = _post(appliance, "simpleenroll", csr, *ra(lab), label="manual")
     assert status == 200 and cert_of(again, base64_body=True) == cert
     assert "CN=approved-pump" not in cli(lab, "pending").stdout
+    # The log tells the first answer (issued) from the second (the same certificate again).
+    log = appliance.log_text()
+    assert log.count(f"serial={cert.serial_number:x} kind=enroll profile=") == 1
+    assert log.count(f"serial={cert.serial_number:x} kind=resent profile=") == 1
 
 
 def test_approved_request_resent_at_once_gets_one_certificate_rfc7030_4_2_3(
