@@ -11,6 +11,7 @@ the tools in PGPASSWORD, the rest of the DSN as `--dbname`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,11 +21,18 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from appliance.errors import ApplianceError
-from appliance.ledger_postgres import redact
+from appliance.ledger import _MIGRATIONS
+from appliance.ledger_postgres import migrations, redact
 
 _TIMEOUT = 3600.0  # seconds; a ledger of millions of certificates dumps in minutes
-# What the backup restores into: the ledger's own tables, nothing else of the database.
-_LEDGER_TABLES = ("certificates", "approvals", "crl_counter", "ledger_schema")
+# What the backup holds: every table the ledger's migrations create (read from them, so a new
+# migration's table is never left behind), and its version row; nothing else of the database.
+_LEDGER_TABLES = (*re.findall(r"CREATE TABLE (\w+)", "\n".join(_MIGRATIONS)), "ledger_schema")
+# The table a migration statement creates, indexes or alters.
+_TARGET = re.compile(r"^\s*(?:CREATE TABLE|ALTER TABLE|CREATE (?:UNIQUE )?INDEX \w+ ON) (\w+)")
+# A database whose ledger tables hold nothing but the schema version (`db upgrade` on a new
+# database) is as good as empty.
+_DATA_TABLES = tuple(table for table in _LEDGER_TABLES if table != "ledger_schema")
 
 
 class PostgresBackupError(ApplianceError):
@@ -75,14 +83,13 @@ def load(dsn: str, archive: Path, *, force: bool) -> int:
     """Restore `archive` into the database of `dsn`; its certificate count afterwards.
 
     A database that already holds a ledger is replaced only with `force` (every node stopped);
-    the archive's tables are created fresh either way, in one transaction."""
+    one with the ledger's tables but no rows in them (`db upgrade` on a new database) is
+    emptied first. The archive's tables are created fresh either way, in one transaction."""
     pg_restore = _tool("pg_restore")
     present = _ledger_tables(dsn)
     if present and not force:
-        raise PostgresBackupError(
-            f"{redact(dsn)} already holds a ledger ({', '.join(present)}); stop every node and "
-            "pass --force to replace it with the backup"
-        )
+        _drop_empty_ledger(dsn, present)
+        present = []
     _run(
         [
             pg_restore,
@@ -96,10 +103,25 @@ def load(dsn: str, archive: Path, *, force: bool) -> int:
         dsn,
     )
     try:
+        _create_missing_tables(dsn)
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             return _scalar(conn, "SELECT COUNT(*) FROM certificates")
     except psycopg.Error as exc:
         raise PostgresBackupError(f"{redact(dsn)}: {_first_line(exc)}") from None
+
+
+def _create_missing_tables(dsn: str) -> None:
+    """Create, empty, any ledger table the archive did not hold: backups made before every
+    table was dumped held four (their schema version row claims the rest exist)."""
+    missing = set(_LEDGER_TABLES) - set(_ledger_tables(dsn))
+    if not missing:
+        return
+    with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
+        for script in migrations():
+            for statement in script.split(";"):
+                target = _TARGET.search(statement)
+                if target and target.group(1) in missing:
+                    conn.execute(statement.encode())
 
 
 def tool_environment(dsn: str) -> tuple[str, dict[str, str]]:
@@ -131,6 +153,37 @@ def _ledger_tables(dsn: str) -> list[str]:
             f"{redact(dsn)}: cannot reach the database to restore into: {_first_line(exc)}"
         ) from None
     return [str(row[0]) for row in rows]
+
+
+def _drop_empty_ledger(dsn: str, present: list[str]) -> None:
+    """Drop the ledger tables of `present` if none holds a row; else refuse (PostgresBackupError).
+
+    The check and the drop are one transaction holding every table's exclusive lock, so a
+    node that writes meanwhile either wrote first (and the database is refused) or finds no
+    table (its request fails, and nothing it was told is lost)."""
+    tables = ", ".join(present)  # names from _LEDGER_TABLES, never from the database's user
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
+            # A node still running holds these tables; say so rather than wait for it.
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            conn.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+            held = {
+                table: count
+                for table in present
+                if table in _DATA_TABLES
+                and (count := _scalar(conn, f"SELECT COUNT(*) FROM {table}"))  # noqa: S608
+            }
+            if held:
+                rows = ", ".join(f"{table}: {count}" for table, count in held.items())
+                raise PostgresBackupError(
+                    f"{redact(dsn)} already holds a ledger ({rows} rows); stop every node and "
+                    "pass --force to replace it with the backup"
+                )
+            conn.execute(f"DROP TABLE {tables}")
+    except psycopg.Error as exc:
+        raise PostgresBackupError(
+            f"{redact(dsn)}: cannot empty the ledger tables to restore into: {_first_line(exc)}"
+        ) from None
 
 
 def _run(args: list[str], dsn: str) -> None:

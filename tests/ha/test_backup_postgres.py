@@ -11,15 +11,17 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from appliance import backup_postgres
 from appliance.backup_postgres import tool_environment
 from appliance.config import LedgerConfig
 from appliance.ledger import PendingRequest
 from appliance.ledger_factory import open_ledger
 from tests.lifecycle.conftest import enroll
 from tests.services import PostgresServer
-from tests.support import Lab, make_lab, run_cli, running_appliance
+from tests.support import Lab, curl, make_lab, run_cli, running_appliance
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +106,20 @@ def test_a_postgresql_ledger_is_backed_up_online_and_restored_whole(
     assert (tmp_path / "restored" / "certs" / "ca-key.pem").read_bytes() == (
         lab.certs / "ca-key.pem"
     ).read_bytes()
+    # Every table of the ledger, not only those holding certificates: the node below writes
+    # its password-guessing count into one of them.
+    assert _tables(target_dsn) == _tables(_dsn_in(lab.config.read_text()))
     run_cli("check", "--config", str(config))
     with running_appliance(Lab(config.parent, config)) as node:
         node.assert_alive()
+        status, headers, _body = curl(
+            ["--cacert", str(node.lab.ca_cert), "-u", "nobody:wrong-password",
+             "-H", "Content-Type: application/pkcs10", "--data-binary", "x",
+             node.url("bootstrap")]
+        )  # fmt: skip
+        assert status == 401 and "www-authenticate" in headers
+        with psycopg.connect(target_dsn) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM login_throttle").fetchone() != (0,)
 
 
 def test_a_postgresql_restore_refuses_what_it_would_overwrite(
@@ -116,16 +129,33 @@ def test_a_postgresql_restore_refuses_what_it_would_overwrite(
     backup = tmp_path / "backup"
     run_cli("backup", str(backup), "--config", str(lab.config))
 
+    # A database with the ledger's tables but nothing in them (`db upgrade` on a new database,
+    # a natural first step) takes the backup without --force.
+    upgraded = postgres.create_database("upgraded")
+    config = _clone_config(lab, tmp_path / "upgraded", upgraded)
+    run_cli("db", "upgrade", "--config", str(config))
+    restored = run_cli("restore", str(backup), "--config", str(config))
+    assert "restored the ledger (0 certificates)" in restored.stdout
+    assert _tables(upgraded) == _tables(_dsn_in(lab.config.read_text()))
+
     # A database that holds a ledger: refused without --force, and no PKI file written.
     occupied = postgres.create_database("occupied")
     config = _clone_config(lab, tmp_path / "occupied", occupied)
     run_cli("db", "upgrade", "--config", str(config))
+    held = open_ledger(LedgerConfig(dsn=occupied))
+    held.add_pending(
+        PendingRequest("fp-held", "", "simpleenroll", "CN=NPPHELD", "iqe-ra", b"\x30\x00",
+                       dt.datetime.now(dt.UTC))
+    )  # fmt: skip
+    held.close()
     refused = run_cli("restore", str(backup), "--config", str(config), check=False)
     assert refused.returncode != 0
-    assert "already holds a ledger" in refused.stderr and "--force" in refused.stderr
+    assert "already holds a ledger (approvals: 1 rows)" in refused.stderr
+    assert "--force" in refused.stderr
     assert not (tmp_path / "occupied" / "certs").exists()
     forced = run_cli("restore", str(backup), "--force", "--config", str(config))
     assert "restored the ledger (0 certificates)" in forced.stdout
+    assert open_ledger(LedgerConfig(dsn=occupied)).approvals(None) == []
 
     # A PostgreSQL backup is not restored into a SQLite configuration (nor the reverse).
     sqlite_lab = make_lab(tmp_path / "sqlite")
@@ -135,6 +165,35 @@ def test_a_postgresql_restore_refuses_what_it_would_overwrite(
     )
     assert mismatch.returncode != 0
     assert "holds a PostgreSQL ledger and config.yaml's ledger is SQLite" in mismatch.stderr
+
+
+def test_a_backup_of_the_first_four_tables_restores_a_whole_ledger(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backups made before every table was dumped held certificates, approvals, crl_counter and
+    ledger_schema; restored, the other tables are created empty."""
+    source = postgres.create_database("four")
+    _pg_lab(tmp_path / "node", source)
+    four = ("certificates", "approvals", "crl_counter", "ledger_schema")
+    monkeypatch.setattr(backup_postgres, "_LEDGER_TABLES", four)
+    backup_postgres.dump(source, tmp_path / "four.pgdump")
+    monkeypatch.undo()
+    target = postgres.create_database("from-four")
+    assert backup_postgres.load(target, tmp_path / "four.pgdump", force=False) == 0
+    assert _tables(target) == _tables(source)
+    ledger = open_ledger(LedgerConfig(dsn=target))
+    try:
+        assert ledger.login_throttle("address", "192.0.2.1") is None  # the table is there
+    finally:
+        ledger.close()
+
+
+def _tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return {str(row[0]) for row in rows}
 
 
 def test_the_password_reaches_pg_dump_in_its_environment_not_its_command_line() -> None:
