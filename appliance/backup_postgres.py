@@ -21,7 +21,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from appliance.errors import ApplianceError
-from appliance.ledger import _MIGRATIONS
+from appliance.ledger import _MIGRATIONS, _split_sql
 from appliance.ledger_postgres import migrations, redact
 
 _TIMEOUT = 3600.0  # seconds; a ledger of millions of certificates dumps in minutes
@@ -118,7 +118,7 @@ def _create_missing_tables(dsn: str) -> None:
         return
     with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
         for script in migrations():
-            for statement in script.split(";"):
+            for statement in _split_sql(script):
                 target = _TARGET.search(statement)
                 if target and target.group(1) in missing:
                     conn.execute(statement.encode())

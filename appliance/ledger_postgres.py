@@ -45,6 +45,7 @@ from appliance.ledger import (
     IssuanceRecord,
     LedgerError,
     SqliteLedger,
+    _split_sql,
     apply_subject_policy,
     insert_values,
     link_approval,
@@ -305,10 +306,6 @@ class PostgresLedger(SqliteLedger):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
-
-
-def _split_sql(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
 
 
 def _lost(exc: Exception) -> ServiceUnavailable:
