@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from cryptography import x509
@@ -135,7 +135,7 @@ class RequestLog:
     replaces: str = "-"
     retired: str = "-"
     reason: str = "-"
-    extra: dict[str, str] = field(default_factory=dict)
+    subject: str | None = None  # RFC 4514, of the certificate issued (for the audit record)
     code: str = "-"  # EstError.reason of a refusal (metrics, failure statistics)
 
 
@@ -340,7 +340,7 @@ def _note_issued(entry: RequestLog, issued: Issued, profile: Profile) -> None:
     entry.profile = profile.name
     entry.replaces = issued.replaces or "-"
     entry.retired = ",".join(issued.retired) or "-"
-    entry.extra["subject"] = issued.subject
+    entry.subject = issued.subject
 
 
 # Audit trail (audit.py): who got which certificate from where, and who was turned away.
@@ -351,7 +351,7 @@ def _audit_success(entry: RequestLog, profile: Profile) -> None:
     audit.record(
         audit.RENEWED if operation == "simplereenroll" else audit.ISSUED,
         serial=entry.serial,
-        subject=entry.extra.get("subject"),
+        subject=entry.subject,
         operation=operation,
         profile=profile.name,
         by=entry.identity,
