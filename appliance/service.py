@@ -21,7 +21,7 @@ from appliance.clock import Clock
 from appliance.csr_policy import VettedRequest, general_name_value, san_kind, vet
 from appliance.errors import Conflict, Forbidden, NotFound
 from appliance.identity import Identity
-from appliance.issuer import CertificateRequest
+from appliance.issuer import CertificateRequest, requested_san
 from appliance.keys import SigningKey, generate_key
 from appliance.ledger import (
     REVOKED,
@@ -299,7 +299,7 @@ class EnrollmentService:
         retire_as = REVOKED if profile.settings.revoke_superseded else SUPERSEDED
         for _attempt in range(_SERIAL_ATTEMPTS):
             cert = profile.issuer.issue_pump_certificate(request, plan.public_key)
-            record = self._record(cert, identity, plan, profile)
+            record = self._record(cert, request, identity, plan, profile)
             try:
                 self._ledger.record_issuance(
                     record,
@@ -333,12 +333,19 @@ class EnrollmentService:
         raise RuntimeError("could not allocate a unique certificate serial")
 
     def _record(
-        self, cert: x509.Certificate, identity: Identity, plan: _Plan, profile: Profile
+        self,
+        cert: x509.Certificate,
+        request: VettedRequest,
+        identity: Identity,
+        plan: _Plan,
+        profile: Profile,
     ) -> IssuanceRecord:
+        # Subject and SANs as the issuer took them from the vetted request: the certificate
+        # holds exactly these, and reading them back would parse it again.
         return IssuanceRecord(
             serial=format(cert.serial_number, "x"),
-            subject=cert.subject.rfc4514_string(),
-            sans=requested_san_of(cert),
+            subject=request.subject.rfc4514_string(),
+            sans=requested_san_of(request),
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             requester=identity.principal,
@@ -361,12 +368,9 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def requested_san_of(cert: x509.Certificate) -> tuple[str, ...]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    return tuple(describe_general_name(name) for name in san)
+def requested_san_of(source: x509.Certificate | CertificateRequest) -> tuple[str, ...]:
+    san = requested_san(source)
+    return () if san is None else tuple(describe_general_name(name) for name in san)
 
 
 def describe_general_name(name: x509.GeneralName) -> str:
