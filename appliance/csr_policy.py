@@ -165,6 +165,7 @@ def _vet_san(
 def _vet_subject(
     subject: x509.Name, policy: CsrPolicyConfig, rule: str, stripped: list[str]
 ) -> x509.Name:
+    left_out = len(stripped)
     rdns: list[x509.RelativeDistinguishedName] = []
     for rdn in subject.rdns:
         kept = []
@@ -182,6 +183,8 @@ def _vet_subject(
             )
         if kept:
             rdns.append(x509.RelativeDistinguishedName(kept))
+    if len(stripped) == left_out:
+        return subject  # nothing left out: the same Name, not a rebuilt equal one
     return x509.Name(rdns)
 
 

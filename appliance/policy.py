@@ -20,13 +20,14 @@ from appliance.config import EnrollmentConfig
 from appliance.errors import BadRequest, Forbidden
 from appliance.issuer import CertificateRequest
 
-CsrCheck = Callable[[x509.CertificateSigningRequest], None]
+# Each takes the request as csr_policy vetted it: the subject and key that would be certified.
+CsrCheck = Callable[[CertificateRequest], None]
 
 
 def key_strength(profile: EnrollmentConfig) -> CsrCheck:
     """RSA within [min, max] bits, EC on an allowed curve; nothing else."""
 
-    def check(csr: x509.CertificateSigningRequest) -> None:
+    def check(csr: CertificateRequest) -> None:
         key = csr.public_key()
         if isinstance(key, rsa.RSAPublicKey):
             if key.key_size < profile.min_rsa_bits:
@@ -56,7 +57,7 @@ def key_strength(profile: EnrollmentConfig) -> CsrCheck:
     return check
 
 
-def subject_has_common_name(csr: x509.CertificateSigningRequest) -> None:
+def subject_has_common_name(csr: CertificateRequest) -> None:
     """EAP-TLS ties the RADIUS identity to the certificate CN (check_cert_cn), so it is required."""
     names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:

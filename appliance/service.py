@@ -115,9 +115,9 @@ class EnrollmentService:
     ) -> Issued:
         """RFC 7030 §4.2.1 simpleenroll (and the password bootstrap)."""
         profile = self.profile(label)
-        self._check(profile, csr, channel, check_key=True)
-        self._scopes.check(identity, label=profile.label, operation="simpleenroll", csr=csr)
         request = _vet(profile, csr)
+        self._check(profile, csr, request, channel, check_key=True)
+        self._scopes.check(identity, label=profile.label, operation="simpleenroll", csr=csr)
         previous = self._issued_before(profile, endpoint, csr)
         if previous is not None:
             return previous
@@ -137,10 +137,10 @@ class EnrollmentService:
         certificate. `current` is the pump's own TLS client certificate, or None when an RA
         asks on the pump's behalf."""
         profile = self.profile(label)
-        self._check(profile, csr, channel, check_key=True)
+        request = _vet(profile, csr)
+        self._check(profile, csr, request, channel, check_key=True)
         if current is None:  # an RA on the pump's behalf; a pump's own certificate is not scoped
             self._scopes.check(identity, label=profile.label, operation="simplereenroll", csr=csr)
-        request = _vet(profile, csr)
         previous = self._issued_before(profile, "simplereenroll", csr)
         if previous is not None:
             return previous
@@ -164,10 +164,10 @@ class EnrollmentService:
         prove the request came intact (§4.4.1); its key is not certified. The new private key
         is returned to the caller and neither recorded nor logged."""
         profile = self.profile(label)
-        self._check(profile, csr, channel, check_key=False)
+        request = _vet(profile, csr)
+        self._check(profile, csr, request, channel, check_key=False)
         refuse_key_encryption_request(csr)
         self._scopes.check(identity, label=profile.label, operation="serverkeygen", csr=csr)
-        request = _vet(profile, csr)
         if profile.settings.manual_approval:
             approval = self._approvals.previous(profile.label, "serverkeygen", csr)
             if approval is not None and approval.serial is not None:
@@ -187,15 +187,18 @@ class EnrollmentService:
         self,
         profile: Profile,
         csr: x509.CertificateSigningRequest,
+        request: VettedRequest,
         channel: Channel,
         *,
         check_key: bool,
     ) -> None:
+        # The checks look at what would be certified (the vetted request, whose subject was
+        # read from the CSR once); proof of possession looks at the CSR's own attributes.
         if check_key:
             for check in profile.checks:
-                check(csr)
+                check(request)
         else:
-            subject_has_common_name(csr)
+            subject_has_common_name(request)
         pop_linked(csr, channel, profile.settings)
 
     def _issued_before(
