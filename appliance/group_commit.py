@@ -39,7 +39,11 @@ class _Job(Generic[T]):
         self.result: T | None = None
         self.error: BaseException | None = None
         self.lead = False
-        self.wake = threading.Event()
+        # A latch: held from the start, released once, when the job's batch is committed or
+        # the job is to lead the next one. A bare lock, not a threading.Event, whose wait and
+        # set run a Condition's Python code on every enrollment.
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class GroupCommit:
@@ -69,7 +73,7 @@ class GroupCommit:
                 self._busy = True
                 job.lead = True
         if not job.lead:
-            job.wake.wait()
+            job.wake.acquire()
         if job.lead:
             self._lead(conn)
         if job.error is not None:
@@ -90,12 +94,15 @@ class GroupCommit:
                 if self._pending:
                     successor = self._pending[0]
                     successor.lead = True
-                    successor.wake.set()
+                    successor.wake.release()
                 else:
                     self._busy = False
             for job in batch:
-                job.lead = False
-                job.wake.set()
+                # The leader's latch is spent (it never waited, or was woken to lead).
+                if job.lead:
+                    job.lead = False
+                else:
+                    job.wake.release()
 
     @staticmethod
     def _fail(batch: list[_Job[object]], exc: BaseException) -> None:
