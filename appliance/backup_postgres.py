@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, first_line
 from appliance.ledger import _MIGRATIONS, _split_sql
 from appliance.ledger_postgres import migrations, redact
 
@@ -73,7 +73,7 @@ def dump(dsn: str, target: Path) -> Dumped:
             conn.execute("COMMIT")
     except psycopg.Error as exc:
         raise PostgresBackupError(
-            f"{redact(dsn)}: cannot read the ledger database: {_first_line(exc)}"
+            f"{redact(dsn)}: cannot read the ledger database: {first_line(exc)}"
         ) from None
     os.chmod(target, 0o600)
     return Dumped(certificates, schema)
@@ -107,7 +107,7 @@ def load(dsn: str, archive: Path, *, force: bool) -> int:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             return _scalar(conn, "SELECT COUNT(*) FROM certificates")
     except psycopg.Error as exc:
-        raise PostgresBackupError(f"{redact(dsn)}: {_first_line(exc)}") from None
+        raise PostgresBackupError(f"{redact(dsn)}: {first_line(exc)}") from None
 
 
 def _create_missing_tables(dsn: str) -> None:
@@ -150,7 +150,7 @@ def _ledger_tables(dsn: str) -> list[str]:
             ).fetchall()
     except psycopg.Error as exc:
         raise PostgresBackupError(
-            f"{redact(dsn)}: cannot reach the database to restore into: {_first_line(exc)}"
+            f"{redact(dsn)}: cannot reach the database to restore into: {first_line(exc)}"
         ) from None
     return [str(row[0]) for row in rows]
 
@@ -182,7 +182,7 @@ def _drop_empty_ledger(dsn: str, present: list[str]) -> None:
             conn.execute(f"DROP TABLE {tables}")
     except psycopg.Error as exc:
         raise PostgresBackupError(
-            f"{redact(dsn)}: cannot empty the ledger tables to restore into: {_first_line(exc)}"
+            f"{redact(dsn)}: cannot empty the ledger tables to restore into: {first_line(exc)}"
         ) from None
 
 
@@ -217,7 +217,3 @@ def _tool(name: str) -> str:
 def _scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
     row = conn.execute(sql.encode()).fetchone()
     return int(str(row[0])) if row else 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

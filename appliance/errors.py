@@ -125,3 +125,10 @@ class NotImplementedOperation(EstError):
 class ServiceUnavailable(EstError):
     status = 503
     reason = "unavailable"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error (at most 200 characters), for a message a person
+    reads; the exception's class name when it has no text."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
