@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable
@@ -38,7 +39,7 @@ AUTH_FAILURE = "auth_failure"
 FORBIDDEN = "forbidden"
 THROTTLED = "throttled"
 
-_SECRET_WORDS = ("password", "passphrase", "secret", "private", "credential", "token")
+_SECRET_WORDS = re.compile("password|passphrase|secret|private|credential|token")
 _PRIVATE_KEY_ARMOUR = "PRIVATE KEY-----"
 _MAX_VALUE = 512  # client-chosen text (user names, subjects) is bounded in the log
 
@@ -107,7 +108,7 @@ def _clean(fields: dict[str, object]) -> dict[str, object]:
     cleaned: dict[str, object] = {}
     for name, value in fields.items():
         lowered = name.lower()
-        if any(word in lowered for word in _SECRET_WORDS):
+        if _SECRET_WORDS.search(lowered):
             raise ValueError(f"audit field {name!r} looks like a secret; secrets are never logged")
         if isinstance(value, bytes):
             raise ValueError(f"audit field {name!r} is bytes; log a serial or fingerprint instead")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from appliance.config import ResponseFormat
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, first_line
 
 _PEM_CSR = re.compile(
     rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----\s*(.*?)\s*"
@@ -69,18 +69,18 @@ def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
     except (ValueError, x509.InvalidVersion) as exc:
-        raise BadRequest(f"CSR is not a valid PKCS#10 structure: {_first_line(exc)}") from None
+        raise BadRequest(f"CSR is not a valid PKCS#10 structure: {first_line(exc)}") from None
     try:
         signature_ok = csr.is_signature_valid
         # Touch the parts the issuer reads, so a structurally odd CSR fails here as a 400
-        # rather than later in signing.
-        csr.subject  # noqa: B018 - parsing it is the check
+        # rather than later in signing. The subject is read, and checked the same way, by
+        # csr_policy.vet, which every enrollment runs first.
         csr.public_key()
         list(csr.extensions)
     except (ValueError, x509.UnsupportedGeneralNameType) as exc:
-        raise BadRequest(f"CSR is not a valid PKCS#10 structure: {_first_line(exc)}") from None
+        raise BadRequest(f"CSR is not a valid PKCS#10 structure: {first_line(exc)}") from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm and friends
-        raise BadRequest(f"CSR uses an unsupported algorithm: {_first_line(exc)}") from None
+        raise BadRequest(f"CSR uses an unsupported algorithm: {first_line(exc)}") from None
     if not signature_ok:
         raise BadRequest(
             "CSR signature does not verify: the request was altered or signed with another key"
@@ -95,7 +95,7 @@ def csr_attributes(csr: x509.CertificateSigningRequest) -> list[x509.Attribute]:
         return list(csr.attributes)
     except ValueError as exc:
         raise BadRequest(
-            f"CSR attributes cannot be read: {_first_line(exc)}; send each attribute (such as "
+            f"CSR attributes cannot be read: {first_line(exc)}; send each attribute (such as "
             "challengePassword) with exactly one value"
         ) from None
 
@@ -188,8 +188,3 @@ def wrap_base64(data: bytes) -> bytes:
     text = base64.b64encode(data)
     lines = [text[i : i + 64] for i in range(0, len(text), 64)]
     return b"".join(line + b"\r\n" for line in lines)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

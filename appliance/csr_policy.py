@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtensionOID, NameOID, ObjectIdentifier
 
 from appliance.config import CsrPolicyConfig
-from appliance.errors import BadRequest, Forbidden
+from appliance.errors import BadRequest, Forbidden, first_line
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,12 @@ def vet(
         extensions = list(csr.extensions)
     except ValueError as exc:  # duplicate or malformed extensions
         raise BadRequest(f"the CSR's extension request cannot be read: {exc}") from None
+    try:
+        # Read here, once per request: every enrollment is vetted before anything else looks
+        # at the subject (codec.decode_csr leaves it to this).
+        requested_subject = csr.subject
+    except ValueError as exc:
+        raise BadRequest(f"CSR is not a valid PKCS#10 structure: {first_line(exc)}") from None
     stripped: list[str] = []
     san: x509.SubjectAlternativeName | None = None
     for extension in extensions:
@@ -117,7 +123,7 @@ def vet(
             )
         if isinstance(value, x509.SubjectAlternativeName):
             san = _vet_san(value, policy, rule, stripped)
-    subject = _vet_subject(csr.subject, policy, rule, stripped)
+    subject = _vet_subject(requested_subject, policy, rule, stripped)
     kept = [x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, san)] if san else []
     if stripped:
         log.warning(
@@ -159,6 +165,8 @@ def _vet_san(
             )
             continue
         kept.append(name)
+    if len(kept) == len(san):
+        return san  # nothing left out: the CSR's own names
     return x509.SubjectAlternativeName(kept) if kept else None
 
 
