@@ -105,11 +105,21 @@ def _extension(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x
     return x509.Extension(value.oid, critical, value)
 
 
-_LEAF_CONSTRAINTS = _extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+def _encoded(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    """An extension every pump certificate carries unchanged, encoded once: the signer copies
+    its DER instead of reading the value's attributes back from Python for each certificate
+    (the certificate's bytes are the same)."""
+    return _extension(
+        x509.UnrecognizedExtension(value.oid, value.public_bytes()), critical=critical
+    )
+
+
+_LEAF_CONSTRAINTS = _encoded(x509.BasicConstraints(ca=False, path_length=None), critical=True)
 
 
 def _leaf_builder(
-    ca: CaMaterial,
+    issuer: x509.Name,
+    ca_not_after: dt.datetime,
     *,
     subject: x509.Name,
     public_key: CertificatePublicKeyTypes,
@@ -122,14 +132,14 @@ def _leaf_builder(
     per field and extension as the chained setters make (a pump enrollment signs one each time,
     and the chain measured about a tenth of the CPU it costs besides the signature)."""
     # A leaf never outlives its CA: clients reject such a chain after the CA expires anyway.
-    not_after = min(not_after, ca.cert.not_valid_after_utc)
+    not_after = min(not_after, ca_not_after)
     if not_after <= not_before:
         raise PkiError(
-            f"the CA certificate expires on {ca.cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, "
-            "before a new certificate would start; renew the CA"
+            f"the CA certificate expires on {ca_not_after:%Y-%m-%d %H:%M} UTC, before a new "
+            "certificate would start; renew the CA"
         )
     return x509.CertificateBuilder(
-        issuer_name=ca.cert.subject,
+        issuer_name=issuer,
         subject_name=subject,
         public_key=public_key,
         serial_number=x509.random_serial_number(),
@@ -151,7 +161,7 @@ def _naive_utc(moment: dt.datetime) -> dt.datetime:
 
 def _aki(ca: CaMaterial) -> x509.Extension[x509.ExtensionType]:
     value = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
-    return _extension(value, critical=False)
+    return _encoded(value, critical=False)
 
 
 def build_ca(key: SigningKey, pki: PkiConfig, now: dt.datetime) -> x509.Certificate:
@@ -187,7 +197,8 @@ def build_server_cert(
         _extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False),
     ]
     return _leaf_builder(
-        ca,
+        ca.cert.subject,
+        ca.cert.not_valid_after_utc,
         subject=_name(pki.server_common_name, pki.organization),
         public_key=key.public_key(),
         not_before=now - dt.timedelta(minutes=5),
@@ -208,7 +219,8 @@ def build_ra_cert(
         ),
     ]
     return _leaf_builder(
-        ca,
+        ca.cert.subject,
+        ca.cert.not_valid_after_utc,
         subject=_name(pki.ra_common_name, pki.organization),
         public_key=key.public_key(),
         not_before=now - dt.timedelta(minutes=5),
@@ -229,6 +241,9 @@ class Issuer:
         self._clock = clock
         self._hash = signature_hash(ca.key)
         self._aki = _aki(ca)
+        # Read once: each read of a certificate's subject builds a new Name.
+        self._issuer_name = ca.cert.subject
+        self._ca_not_after = ca.cert.not_valid_after_utc
         # RFC 5280 §4.2.1.13: where relying parties fetch the CRL (crl.distribution_url).
         cdp = (
             x509.CRLDistributionPoints(
@@ -247,13 +262,11 @@ class Issuer:
         # Every pump certificate ends with the same extensions, by the kind of its key.
         self._closing = {
             is_rsa: (
-                *((_extension(cdp, critical=False),) if cdp is not None else ()),
-                _extension(
+                *((_encoded(cdp, critical=False),) if cdp is not None else ()),
+                _encoded(
                     _key_usage(digital_signature=True, key_encipherment=is_rsa), critical=True
                 ),
-                _extension(
-                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-                ),
+                _encoded(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False),
             )
             for is_rsa in (True, False)
         }
@@ -273,7 +286,8 @@ class Issuer:
         public_key = public_key or csr.public_key()
         san = requested_san(csr)
         return _leaf_builder(
-            self._ca,
+            self._issuer_name,
+            self._ca_not_after,
             subject=csr.subject,
             public_key=public_key,
             not_before=now - dt.timedelta(seconds=self._profile.backdate_seconds),
