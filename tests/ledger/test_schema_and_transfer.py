@@ -76,6 +76,41 @@ def test_an_existing_sqlite_ledger_upgrades_in_place(tmp_path: Path) -> None:
     found = ledger.find("ab12")
     assert found is not None and found.subject == "CN=old" and found.profile == ""
     ledger.close()
+    with sqlite3.connect(path) as db:
+        assert _certificate_indexes(db) == _CERTIFICATE_INDEXES
+        # A lookup by subject alone still finds an index: (subject, status) leads with it.
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT serial FROM certificates WHERE subject = ?", ("CN=old",)
+        ).fetchall()
+        assert "USING INDEX certificates_subject_status" in plan[0][3]
+    db.close()
+
+
+# Every enrollment inserts into each of these; the index on the subject alone is gone (7).
+_CERTIFICATE_INDEXES = {
+    "sqlite_autoindex_certificates_1",
+    "certificates_issued_at",
+    "certificates_subject_status",
+    "certificates_status",
+}
+
+
+def _certificate_indexes(db: sqlite3.Connection) -> set[str]:
+    rows = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'certificates'"
+    )
+    return {str(name) for (name,) in rows}
+
+
+def test_postgres_has_the_same_certificate_indexes(postgres: PostgresServer) -> None:
+    dsn = postgres.create_database("indexes")
+    upgrade_ledger(LedgerConfig(dsn=dsn))
+    with psycopg.connect(dsn) as db:
+        rows = db.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'certificates'")
+        names = {str(name) for (name,) in rows}
+    assert names == {"certificates_pkey"} | (
+        _CERTIFICATE_INDEXES - {"sqlite_autoindex_certificates_1"}
+    )
 
 
 @pytest.mark.parametrize(
