@@ -14,17 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance.csrattrs import tlv
 from tests.support import Lab, RunningAppliance, curl_ra_enroll, make_csr
 
 _ECDSA_WITH_SHA256 = bytes.fromhex("06082a8648ce3d040302")
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    if size < 0x80:
-        return bytes([tag, size]) + body
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(octets)]) + octets + body
 
 
 def _csr_with_unreadable_subject() -> bytes:
@@ -34,7 +27,7 @@ def _csr_with_unreadable_subject() -> bytes:
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
     info = csr.tbs_certrequest_bytes.replace(b"PUMP-ODD", b"PU\xff\xfe-ODD")
     signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
-    der = _der(0x30, info + _der(0x30, _ECDSA_WITH_SHA256) + _der(0x03, b"\x00" + signature))
+    der = tlv(0x30, info + tlv(0x30, _ECDSA_WITH_SHA256) + tlv(0x03, b"\x00" + signature))
     odd = x509.load_der_x509_csr(der)
     assert odd.is_signature_valid
     with pytest.raises(ValueError, match="error parsing asn1 value"):
