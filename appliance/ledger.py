@@ -426,7 +426,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: certificates_subject_status (2) serves every lookup by subject, so the index on the
     # subject alone only cost each enrollment one more B-tree insert on a page of its own
-    # (about a sixth of the ledger's CPU per record, docs/PERFORMANCE.md).
+    # (about a fifth of the ledger's CPU per record, docs/PERFORMANCE.md).
     """
     DROP INDEX IF EXISTS certificates_subject;
     """,
