@@ -21,15 +21,26 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from appliance.errors import ApplianceError, first_line
-from appliance.ledger import _MIGRATIONS, _split_sql
+from appliance.ledger import _split_sql
 from appliance.ledger_postgres import migrations, redact
 
 _TIMEOUT = 3600.0  # seconds; a ledger of millions of certificates dumps in minutes
+# The table a migration statement creates, alters or indexes.
+_TARGET = re.compile(r"\s*(CREATE TABLE|ALTER TABLE|CREATE (?:UNIQUE )?INDEX \w+ ON) (\w+)")
+# The ledger's PostgreSQL migrations, statement by statement, each with the table it creates,
+# alters or indexes, in the order they run.
+_TABLE_STATEMENTS = tuple(
+    (target.group(1), target.group(2), statement)
+    for script in migrations()
+    for statement in _split_sql(script)
+    if (target := _TARGET.match(statement))
+)
 # What the backup holds: every table the ledger's migrations create (read from them, so a new
 # migration's table is never left behind), and its version row; nothing else of the database.
-_LEDGER_TABLES = (*re.findall(r"CREATE TABLE (\w+)", "\n".join(_MIGRATIONS)), "ledger_schema")
-# The table a migration statement creates, indexes or alters.
-_TARGET = re.compile(r"^\s*(?:CREATE TABLE|ALTER TABLE|CREATE (?:UNIQUE )?INDEX \w+ ON) (\w+)")
+_LEDGER_TABLES = (
+    *(table for verb, table, _sql in _TABLE_STATEMENTS if verb == "CREATE TABLE"),
+    "ledger_schema",
+)
 # A database whose ledger tables hold nothing but the schema version (`db upgrade` on a new
 # database) is as good as empty.
 _DATA_TABLES = tuple(table for table in _LEDGER_TABLES if table != "ledger_schema")
@@ -117,11 +128,9 @@ def _create_missing_tables(dsn: str) -> None:
     if not missing:
         return
     with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
-        for script in migrations():
-            for statement in _split_sql(script):
-                target = _TARGET.search(statement)
-                if target and target.group(1) in missing:
-                    conn.execute(statement.encode())
+        for _verb, table, statement in _TABLE_STATEMENTS:
+            if table in missing:
+                conn.execute(statement.encode())
 
 
 def tool_environment(dsn: str) -> tuple[str, dict[str, str]]:
