@@ -455,3 +455,38 @@ def test_radius_keeps_its_crl_while_the_appliance_is_down(deployment: Deployment
     while box.ssh("systemctl start est-radius-crl.service", check=False).returncode != 0:
         assert time.monotonic() < deadline, "the CRL could not be fetched after the restart"
         time.sleep(1)
+
+
+def test_a_play_that_fetches_a_new_crl_leaves_radius_running(deployment: Deployment) -> None:
+    """With radius_crl_reload_seconds (default 300) FreeRADIUS re-reads the CRL by itself, so
+    a play run that brings a new one restarts nothing, as the timer's fetch restarts nothing."""
+    box = deployment.container
+    bundle = "/etc/freeradius/3.0/certs/est/ca-crl.pem"
+    # Only the play may fetch the new CRL here (the timer's first run comes a minute after
+    # boot); the play starts the timer again.
+    box.ssh("systemctl stop est-radius-crl.timer")
+    spare = Pump.create("NPPSPARE", deployment.folder / "pumps" / "NPPSPARE")
+    with _ra_gateway(deployment) as gw:
+        gw.enroll_pump(spare, gw.fetch_cacerts())
+    status, _headers, body = curl(
+        [
+            "--cacert",
+            str(deployment.export / "ca-cert.pem"),
+            "-u",
+            f"{OPERATOR}:{OPERATOR_PASSWORD}",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            '{"reason": "cessationOfOperation"}',
+            f"{deployment.url}/api/devices/NPPSPARE/revoke",
+        ]
+    )
+    assert status == 200, body
+    crl_before = box.ssh(f"sha256sum {bundle}").stdout
+    radius_pid = box.ssh("systemctl show -p MainPID --value freeradius").stdout.strip()
+    run = deployment.run()
+    assert run.returncode == 0, run.describe()
+    assert box.ssh(f"sha256sum {bundle}").stdout != crl_before  # the play's fetch brought it
+    # ... and FreeRADIUS kept running: no authentication in flight was cut off.
+    assert box.ssh("systemctl show -p MainPID --value freeradius").stdout.strip() == radius_pid
+    assert box.ssh("systemctl is-active est-radius-crl.timer").stdout.strip() == "active"
