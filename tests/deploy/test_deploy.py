@@ -245,6 +245,24 @@ def _ra_gateway(deployment: Deployment) -> Gateway:
     )
 
 
+def _revoke_device(deployment: Deployment, name: str, reason: str) -> None:
+    """What an operator does on the device API: revoke the device's certificate."""
+    status, _headers, body = curl(
+        [
+            "--cacert",
+            str(deployment.export / "ca-cert.pem"),
+            "-u",
+            f"{OPERATOR}:{OPERATOR_PASSWORD}",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            json.dumps({"reason": reason}),
+            f"{deployment.url}/api/devices/{name}/revoke",
+        ]
+    )
+    assert status == 200, body
+
+
 def _eapol(deployment: Deployment, identity: str, cert: Path, key: Path) -> int:
     conf = deployment.folder / f"eapol-{identity}.conf"
     server_ca = deployment.radius_export / "radius-server-cert.pem"
@@ -393,7 +411,6 @@ def test_radius_rejects_a_pump_once_the_appliance_revokes_it(deployment: Deploym
     # ca_path exists only for that and must hold nothing it could trust.
     assert "ca_path_reload_interval = 300" in eap
     assert box.ssh("ls -A /etc/freeradius/3.0/certs/est/reload-only").stdout.strip() == ""
-    export = deployment.export
     pumps = {
         name: Pump.create(name, deployment.folder / "pumps" / name)
         for name in ("NPPKEPT", "NPPSTOLEN")
@@ -405,20 +422,7 @@ def test_radius_rejects_a_pump_once_the_appliance_revokes_it(deployment: Deploym
     for name, pump in pumps.items():
         assert _eapol(deployment, name, pump.cert_file, pump.key_file) == 0, name
 
-    status, _headers, body = curl(
-        [
-            "--cacert",
-            str(export / "ca-cert.pem"),
-            "-u",
-            f"{OPERATOR}:{OPERATOR_PASSWORD}",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            '{"reason": "keyCompromise"}',
-            f"{deployment.url}/api/devices/NPPSTOLEN/revoke",
-        ]
-    )
-    assert status == 200, body
+    _revoke_device(deployment, "NPPSTOLEN", "keyCompromise")
     radius_pid = box.ssh("systemctl show -p MainPID --value freeradius").stdout.strip()
     # What the timer runs every radius_crl_refresh_minutes, run now.
     box.ssh("systemctl start est-radius-crl.service")
@@ -468,20 +472,7 @@ def test_a_play_that_fetches_a_new_crl_leaves_radius_running(deployment: Deploym
     spare = Pump.create("NPPSPARE", deployment.folder / "pumps" / "NPPSPARE")
     with _ra_gateway(deployment) as gw:
         gw.enroll_pump(spare, gw.fetch_cacerts())
-    status, _headers, body = curl(
-        [
-            "--cacert",
-            str(deployment.export / "ca-cert.pem"),
-            "-u",
-            f"{OPERATOR}:{OPERATOR_PASSWORD}",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            '{"reason": "cessationOfOperation"}',
-            f"{deployment.url}/api/devices/NPPSPARE/revoke",
-        ]
-    )
-    assert status == 200, body
+    _revoke_device(deployment, "NPPSPARE", "cessationOfOperation")
     crl_before = box.ssh(f"sha256sum {bundle}").stdout
     radius_pid = box.ssh("systemctl show -p MainPID --value freeradius").stdout.strip()
     run = deployment.run()
